@@ -1,0 +1,383 @@
+"""The Python API of pydkms: one function per lifecycle action (spec/cli.md §8).
+
+The CLI is a thin layer over these. Every function takes a :class:`~pydkms.session.Session`,
+works on one module/version and a list of targets, and returns the action's exit status
+(aggregated over kernels as cli.md §7 says [fix D-02]); failures the user must see for one kernel
+are printed and folded into that status, failures of the whole request raise DkmsError.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from . import builder, installer, runner
+from .errors import DkmsError
+from .moduleconf import ModuleConf
+from .session import Session
+from .tree import Target
+
+
+def aggregate(codes: Sequence[int]) -> int:
+    """First non-zero code other than 77 in kernel order; else 77 if all were 77; else 0."""
+    for c in codes:
+        if c not in (0, 77):
+            return c
+    if codes and all(c == 77 for c in codes):
+        return 77
+    return 0
+
+
+def _each_target(session: Session, targets: Sequence[Target], fn: Callable[[Target], int]) -> int:
+    codes: List[int] = []
+    failed: List[str] = []
+    for t in targets:
+        try:
+            code = fn(t)
+        except DkmsError as exc:
+            session.console.info("")
+            session.console.error(str(exc))
+            code = exc.code
+        codes.append(code)
+        if code not in (0, 77):
+            failed.append(f"{t.kernel} ({t.arch}): exit {code}")
+    if len(targets) > 1 and failed:
+        session.console.error("failed for " + "; ".join(failed))
+    return aggregate(codes)
+
+
+# ---- checks shared by actions (cli.md §6) ------------------------------------------------------
+def require_mv(m: Optional[str], v: Optional[str], action: str) -> None:
+    if not m or not v:
+        raise DkmsError(1, f"Invalid number of arguments passed: '{action}' needs a module and a version.",
+                        hint=f"Usage: dkms {action} <module>/<module-version> or -m <module> -v <module-version>")
+
+
+def check_not_broken(session: Session, m: str, v: str) -> None:
+    if session.tree.is_broken(m, v):
+        raise DkmsError(
+            4,
+            f"{m}/{v} is broken: its source directory or the symbolic link pointing to it is missing.",
+            hint="Manual intervention is required (re-create the source or run 'dkms remove --all').",
+        )
+
+
+def check_added(session: Session, m: str, v: str) -> None:
+    if not session.tree.is_added(m, v):
+        raise DkmsError(3, f"The module/version combo {m}/{v} is not located in the DKMS tree.")
+
+
+def check_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise DkmsError(1, f"You must be root to use the '{action}' action.")
+
+
+def check_rw_dkms_tree(session: Session) -> None:
+    d = session.settings.dkms_tree
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise DkmsError(1, f"No write access to the DKMS tree at {d}.", hint="Run as root.")
+
+
+# ---- add ---------------------------------------------------------------------------------------
+def add(session: Session, m: Optional[str], v: Optional[str], kernel: Target, *,
+        source_path: Optional[Path] = None, archive: Optional[Path] = None) -> int:
+    """``dkms add`` (cli.md §8.1). Returns 0; raises DkmsError."""
+    created: Optional[Path] = None
+    try:
+        if archive is not None and not m and not v:
+            raise DkmsError(
+                1, f"Adding from an archive ({archive}) is not supported by this version of pydkms yet.",
+                hint="Unpack the archive into /usr/src/<module>-<version> and add it by name.",
+            )
+        if source_path is not None and not m and not v:
+            m, v, created = _add_from_path(session, source_path, kernel)
+        require_mv(m, v, "add")
+        assert m and v
+        _register(session, m, v, kernel)
+        return 0
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _add_from_path(session: Session, path: Path, target: Target) -> "tuple[str, str, Optional[Path]]":
+    tree = session.tree
+    console = session.console
+    real = Path(os.path.realpath(path))
+    conf_file = real / "dkms.conf"
+    if not conf_file.is_file():
+        raise DkmsError(9, f"There is no dkms.conf in {real}.")
+    check_root("add")
+    kernel = session.kernel(target.kernel, target.arch)
+    conf = session.confs.read("", "", kernel, conf_file, strict=True, report=console)
+    m, v = conf.package_name, conf.package_version
+    if tree.is_added(m, v) and not session.options.force:
+        raise DkmsError(3, f"DKMS tree already contains {m}/{v}.",
+                        hint="You cannot add the same module/version combo more than once (use --force to replace its source).")
+    dest = tree.source_dir(m, v)
+    created: Optional[Path] = None
+    skip = {os.path.realpath(p) for p in (dest, tree.source_link(m, v), tree.build_dir(m, v))}
+    if str(real) not in skip:
+        if session.options.force and dest.exists():
+            shutil.rmtree(dest)
+        if not dest.exists():
+            created = dest
+        dest.mkdir(parents=True, exist_ok=True)
+        proc = runner.run(["cp", "-a", "--reflink=auto", f"{real}/.", str(dest)])
+        if proc.returncode != 0:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise DkmsError(1, f"Copying {real} to {dest} failed: {proc.stderr.decode(errors='replace').strip()}")
+        console.info(f"Copied {real} to {dest}")
+    return m, v, created
+
+
+def _register(session: Session, m: str, v: str, target: Target) -> None:
+    """Steps 4-8 of cli.md §8.1."""
+    tree = session.tree
+    if session.options.rpm_safe_upgrade:
+        _write_rpm_lock(session, m, v)
+    if tree.is_added(m, v):
+        raise DkmsError(3, f"DKMS tree already contains {m}/{v}.",
+                        hint="You cannot add the same module/version combo more than once.")
+    src = tree.source_dir(m, v)
+    if not src.is_dir():
+        raise DkmsError(2, f"Could not find module source directory {src}.")
+    conf_path = session.options.conf or src / "dkms.conf"
+    kernel = session.kernel(target.kernel, target.arch)
+    conf = session.read_conf(m, v, kernel, strict=True, conf=conf_path)
+    link = tree.source_link(m, v)
+    session.console.info(f"Creating symlink {link} -> {src}")
+    tree.build_dir(m, v).mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    installer.atomic_symlink(str(src), link)
+    from .scripts import run_script
+
+    run_script("post_add", conf.post_add, link, session.console, session.command_env())
+
+
+def _parent_of_parent_pid() -> int:
+    try:
+        with open(f"/proc/{os.getppid()}/status", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _process_start(pid: int) -> str:
+    try:
+        proc = runner.run(["ps", "-o", "lstart", "--no-headers", "-p", str(pid)])
+    except DkmsError:
+        return ""
+    return proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else ""
+
+
+def _write_rpm_lock(session: Session, m: str, v: str) -> None:
+    import tempfile
+
+    pppid = _parent_of_parent_pid()
+    fd, name = tempfile.mkstemp(prefix=f"dkms_rpm_safe_upgrade_lock.{pppid}.", dir=session.settings.tmp_location)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{m}-{v}\n")
+        start = _process_start(pppid)
+        if start:
+            fh.write(start + "\n")
+
+
+def _rpm_upgrade_in_progress(session: Session, m: str, v: str) -> bool:
+    pppid = _parent_of_parent_pid()
+    stamp = _process_start(pppid)
+    for lock in sorted(session.settings.tmp_location.glob(f"dkms_rpm_safe_upgrade_lock.{pppid}.*")):
+        try:
+            lines = lock.read_text().splitlines()
+        except OSError:
+            continue
+        if lines and lines[0] == f"{m}-{v}" and stamp and lines[-1] == stamp:
+            lock.unlink()
+            return True
+    return False
+
+
+def ensure_added(session: Session, m: Optional[str], v: Optional[str], target: Target, *,
+                 source_path: Optional[Path] = None, archive: Optional[Path] = None) -> "tuple[str, str]":
+    """The auto-add of build/install (cli.md §8.2)."""
+    if m and v and session.tree.is_added(m, v):
+        return m, v
+    if source_path is not None and not m and not v:
+        created: Optional[Path] = None
+        try:
+            m, v, created = _add_from_path(session, source_path, target)
+            if session.tree.is_added(m, v):
+                return m, v
+            _register(session, m, v, target)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        session.console.info("")
+        return m, v
+    require_mv(m, v, "build")
+    assert m and v
+    _register(session, m, v, target)
+    session.console.info("")
+    return m, v
+
+
+# ---- build / install -----------------------------------------------------------------------------
+def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    def one(t: Target) -> int:
+        if session.tree.is_built(m, v, t.kernel, t.arch):
+            if not session.options.force:
+                session.console.info(
+                    f"Module {m}/{v} already built for kernel {t.kernel} ({t.arch}), skip. "
+                    "You may override by specifying --force."
+                )
+                return 0
+            installer.unbuild_target(session, m, v, t)
+        return builder.build(session, m, v, t)
+
+    return _each_target(session, targets, one)
+
+
+def install(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    def one(t: Target) -> int:
+        if session.tree.is_installed(m, v, t.kernel, t.arch):
+            if not session.options.force:
+                session.console.info(
+                    f"Module {m}/{v} already installed on kernel {t.kernel} ({t.arch}), skip. "
+                    "You may override by specifying --force."
+                )
+                return 0
+            installer.uninstall(session, m, v, t)
+            session.console.info("")
+        return installer.install(session, m, v, t)
+
+    status = _each_target(session, targets, one)
+    if status == 0:
+        run_post_transaction(session, targets)
+    return status
+
+
+# ---- uninstall / unbuild / remove ----------------------------------------------------------------
+def _not_installed(session: Session, m: str, v: str, t: Target) -> int:
+    session.console.info(f"Module {m}/{v} is not installed for kernel {t.kernel} ({t.arch}). Skipping...")
+    return 0
+
+
+def uninstall(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    def one(t: Target) -> int:
+        if not session.tree.is_installed(m, v, t.kernel, t.arch):
+            return _not_installed(session, m, v, t)
+        return installer.uninstall(session, m, v, t)
+
+    status = _each_target(session, targets, one)
+    if status == 0:
+        run_post_transaction(session, targets)
+    return status
+
+
+def _unbuild_one(session: Session, m: str, v: str, t: Target) -> int:
+    tree = session.tree
+    if tree.is_installed(m, v, t.kernel, t.arch):
+        installer.uninstall(session, m, v, t)
+    else:
+        _not_installed(session, m, v, t)
+    if not tree.is_built(m, v, t.kernel, t.arch):
+        session.console.info(f"Module {m}/{v} is not built for kernel {t.kernel} ({t.arch}). Skipping...")
+        return 0
+    installer.unbuild_target(session, m, v, t)
+    return 0
+
+
+def unbuild(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    status = _each_target(session, targets, lambda t: _unbuild_one(session, m, v, t))
+    if status == 0:
+        run_post_transaction(session, targets)
+    return status
+
+
+def remove(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    """build-install.md §7 (remove)."""
+    tree = session.tree
+    vdir = tree.version_dir(m, v)
+    for staging in vdir.glob("*/.tmp_*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for entry in list(vdir.iterdir()) if vdir.is_dir() else []:
+        if entry.is_dir() and not entry.is_symlink():
+            try:
+                entry.rmdir()
+            except OSError:
+                pass
+    if session.options.rpm_safe_upgrade and _rpm_upgrade_in_progress(session, m, v):
+        session.console.error("Remove cancelled because --rpm_safe_upgrade scenario detected.")
+        return 0
+
+    def one(t: Target) -> int:
+        code = _unbuild_one(session, m, v, t)
+        session.console.info("")
+        return code
+
+    status = _each_target(session, targets, one)
+    if status == 0:
+        remaining = tree.kernel_entries(m, v)
+        if not remaining:
+            session.console.info(f"Deleting module {m}/{v} completely from the DKMS tree.")
+            stub = tree.is_binaries_only_stub(m, v)
+            shutil.rmtree(vdir, ignore_errors=True)
+            if stub:
+                shutil.rmtree(tree.source_dir(m, v), ignore_errors=True)
+            mdir = tree.module_dir(m)
+            try:
+                mdir.rmdir()
+            except OSError:
+                pass
+        run_post_transaction(session, targets)
+    return status
+
+
+# ---- post_transaction (framework-conf.md §6) -----------------------------------------------------
+def run_post_transaction(session: Session, targets: Sequence[Target]) -> None:
+    settings = session.settings
+    if not settings.post_transaction:
+        return
+    log = session.tree.post_transaction_log()
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+    except OSError as exc:
+        session.console.warn(f"Cannot write {log}: {exc.strerror}")
+        return
+    first = targets[0] if targets else Target("", "")
+    command = settings.reread(["post_transaction"], first.kernel, first.arch)["post_transaction"]
+    if not command:
+        return
+    env = session.command_env({"kernelver": first.kernel, "arch": first.arch})
+    with session.console.step("Executing post-transaction command", command) as step:
+        status = runner.run_logged(
+            command, description="Executing post-transaction command", log=log, cwd=os.getcwd(), env=env
+        )
+        if status:
+            step.fail(status, command)
+
+
+def read_conf_for_status(session: Session, m: str, v: str, t: Target) -> Optional[ModuleConf]:
+    try:
+        return session.confs.read(m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False)
+    except DkmsError:
+        return None
+
+
+def _unused() -> None:  # keep imports used by type checkers only
+    _ = (subprocess, time)

@@ -1,0 +1,580 @@
+"""Command-line parsing: tokens in, one frozen :class:`Invocation` out (spec/cli.md §1–§5).
+
+The parser mirrors upstream dkms 3.2.2's ``while (($# > 0)); do case $1 in …`` loop: tokens are
+processed strictly left to right, long value options are recognised by *prefix* in upstream's
+order (so ``--archive…`` wins over ``--arch…``), flags must match exactly, short options take
+their value from the next token only, and every value is cut to its first line and stripped of
+surrounding blanks (upstream's ``read -r``).
+
+Parsing is pure apart from the filesystem tests that classify bare tokens (cli.md §2) and the
+readability test of ``--dkmsframework`` files. Nothing is printed: messages the CLI must show
+are returned as :class:`Notice` objects (or carried by the :class:`CommandLineError`), so the
+CLI decides what ``-q`` hides.
+
+Defaults (``uname -r``, the default architecture, ``--all``) are applied separately by
+:func:`resolve_targets`, because they need the tree and the host; ``status`` never calls it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import DkmsError, UsageError
+
+# --------------------------------------------------------------------------------------------
+# Actions
+
+#: Every action name (cli.md §1.1). A bare token is an action iff it equals one of these.
+ACTIONS: tuple[str, ...] = (
+    "add",
+    "build",
+    "install",
+    "uninstall",
+    "unbuild",
+    "remove",
+    "status",
+    "match",
+    "autoinstall",
+    "kernel_preinst",
+    "kernel_postinst",
+    "kernel_prerm",
+    "mktarball",
+    "ldtarball",
+    "generate_mok",
+    "mkdeb",
+    "mkdsc",
+    "mkbmdeb",
+    "mkrpm",
+    "mkkmp",
+    "mkdriverdisk",
+)
+
+#: The kernel package hook actions: exactly one explicit ``-k`` (cli.md §5.1, autoinstall-hooks.md §2).
+KERNEL_HOOK_ACTIONS: tuple[str, ...] = ("kernel_preinst", "kernel_postinst", "kernel_prerm")
+
+#: Actions that reject ``--all`` with exit 5, checked before anything else (cli.md §6).
+ALL_BANNED_ACTIONS: tuple[str, ...] = (
+    "add",
+    "build",
+    "install",
+    "autoinstall",
+    "match",
+    *KERNEL_HOOK_ACTIONS,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message the CLI prints on stderr (warning, deprecation notice).
+
+    ``text`` is the complete line, prefix included (``Warning: …``, ``Deprecated feature: …``).
+    ``before_quiet`` is True if the notice arose before ``-q``/``--quiet`` was parsed; such
+    notices stay visible under ``-q`` (cli.md §3), later ones are discarded.
+    """
+
+    text: str
+    before_quiet: bool
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Everything the command line says, as parsed, before any defaulting.
+
+    ``None`` means "option not given". String values are kept verbatim after normalisation, so
+    an explicitly empty value (``-v ''``) is ``""``; like upstream, callers treat an empty string
+    as unset. Path-valued options given an empty value are ``None`` (a ``Path`` cannot be empty).
+    """
+
+    action: Optional[str] = None
+    module: Optional[str] = None
+    version: Optional[str] = None
+    kernels: tuple[str, ...] = ()
+    arches: tuple[str, ...] = ()
+    all: bool = False
+    source_path: Optional[Path] = None
+    archive: Optional[Path] = None
+    conf: Optional[Path] = None
+    kernel_config: Optional[Path] = None
+    kernel_source_dir: Optional[Path] = None
+    template_kernel: Optional[str] = None
+    directives: tuple[tuple[str, str], ...] = ()
+    force: bool = False
+    force_version_override: bool = False
+    binaries_only: bool = False
+    source_only: bool = False
+    rpm_safe_upgrade: bool = False
+    symlink_modules: bool = False
+    no_depmod: bool = False
+    modprobe_on_install: bool = False
+    jobs: Optional[str] = None
+    verbose: bool = False
+    debug: bool = False
+    quiet: bool = False
+    json: bool = False
+    dkms_tree: Optional[Path] = None
+    source_tree: Optional[Path] = None
+    install_tree: Optional[Path] = None
+    framework_files: tuple[Path, ...] = ()
+    distro: Optional[str] = None
+    release: Optional[str] = None
+    size: Optional[str] = None
+    media: Optional[str] = None
+    spec: Optional[str] = None
+    legacy_postinst: Optional[str] = None
+    show_help: bool = False
+    show_version: bool = False
+    notices: tuple[Notice, ...] = ()
+
+
+class CommandLineError(UsageError):
+    """A command-line error found by :func:`parse_args` / :func:`prescan_framework_files`.
+
+    Besides the exit code and message it carries what the CLI needs to report it like upstream:
+    the notices emitted before the error (print them first), whether ``-q`` was already in
+    effect when the error was raised (then upstream prints nothing at all), and whether the
+    usage text should follow the message (unknown option, no action).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        notices: tuple[Notice, ...] = (),
+        quiet: bool = False,
+        show_usage: bool = False,
+        hint: Optional[str] = None,
+    ) -> None:
+        super().__init__(code, message, hint)
+        self.notices = notices
+        self.quiet = quiet
+        self.show_usage = show_usage
+
+
+# --------------------------------------------------------------------------------------------
+# The option table (one row per option; drives parsing and the usage text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option.
+
+    ``long`` is matched as a prefix when ``takes_value`` (upstream ``--opt*)``), exactly
+    otherwise; ``short`` is always matched exactly. ``dest`` names the parser slot it feeds.
+    """
+
+    long: Optional[str]
+    short: Optional[str]
+    takes_value: bool
+    dest: str
+    metavar: str = ""
+    seed: bool = False
+
+
+#: In upstream's ``case`` order; the order matters only for prefix matching (``--archive`` first).
+OPTIONS: tuple[Option, ...] = (
+    Option("--module", "-m", True, "module", "module[/version]"),
+    Option(None, "-v", True, "version", "module-version"),
+    Option("--kernelver", "-k", True, "kernel", "kernel-version[/arch]"),
+    Option("--templatekernel", None, True, "template_kernel", "kernel"),
+    Option(None, "-c", True, "conf", "dkms.conf-location"),
+    Option("--quiet", "-q", False, "quiet"),
+    Option("--version", "-V", False, "show_version"),
+    Option("--no-initrd", None, False, "deprecated"),
+    Option("--no-clean-kernel", None, False, "deprecated"),
+    Option("--no-prepare-kernel", None, False, "deprecated"),
+    Option("--binaries-only", None, False, "binaries_only"),
+    Option("--source-only", None, False, "source_only"),
+    Option("--force", None, False, "force"),
+    Option("--force-version-override", None, False, "force_version_override"),
+    Option("--all", None, False, "all"),
+    Option("--verbose", None, False, "verbose"),
+    Option("--rpm_safe_upgrade", None, False, "rpm_safe_upgrade"),
+    Option("--dkmstree", None, True, "dkms_tree", "path"),
+    Option("--sourcetree", None, True, "source_tree", "path"),
+    Option("--installtree", None, True, "install_tree", "path"),
+    Option("--symlink-modules", None, False, "symlink_modules"),
+    Option("--config", None, True, "kernel_config", "kernel-config-location"),
+    Option("--archive", None, True, "archive", "tarball-location"),
+    Option("--arch", "-a", True, "arch", "arch"),
+    Option("--kernelsourcedir", None, True, "kernel_source_dir", "source-location"),
+    Option("--directive", None, True, "directive", "NAME=value"),
+    Option("--no-depmod", None, False, "no_depmod"),
+    Option("--modprobe-on-install", None, False, "modprobe_on_install"),
+    Option("--debug", None, False, "debug"),
+    Option(None, "-j", True, "jobs", "number"),
+    Option("--help", "-h", False, "show_help"),
+    # Seed-era options (restored) and our extension; none is a prefix of an option above.
+    Option("--dkmsframework", None, True, "framework_file", "file", seed=True),
+    Option("--distro", "-d", True, "distro", "distro", seed=True),
+    Option("--release", "-r", True, "release", "release", seed=True),
+    Option("--size", None, True, "size", "KiB", seed=True),
+    Option("--media", None, True, "media", "floppy|iso|tar", seed=True),
+    Option("--spec", None, True, "spec", "file", seed=True),
+    Option("--legacy-postinst", None, True, "legacy_postinst", "0|1", seed=True),
+    Option("--json", None, False, "json", seed=True),
+)
+
+
+def match_option(token: str) -> Optional[Option]:
+    """Return the option a token that starts with ``-`` stands for, or None if unknown."""
+    for opt in OPTIONS:
+        if token == opt.short:
+            return opt
+        if opt.long is not None and (token.startswith(opt.long) if opt.takes_value else token == opt.long):
+            return opt
+    return None
+
+
+def _wrap(head: str, parts: Sequence[str], width: int = 100) -> list[str]:
+    lines: list[str] = []
+    line = head
+    for part in parts:
+        if len(line) + 1 + len(part) > width and line != head:
+            lines.append(line)
+            line = " " * len(head)
+        line += " " + part
+    lines.append(line)
+    return lines
+
+
+def usage(prog: str = "dkms") -> str:
+    """The usage text (without trailing newline), generated from :data:`ACTIONS` and :data:`OPTIONS`."""
+    options: list[str] = []
+    for opt in OPTIONS:
+        if opt.dest == "deprecated":
+            continue
+        names = " | ".join(n for n in (opt.short, opt.long) if n)
+        options.append(f"[{names} {opt.metavar}]" if opt.takes_value else f"[{names}]")
+    return "\n".join(
+        [
+            f"Usage: {prog} ACTION [options] [module[/version]] [source-dir | path/dkms.conf] [archive]",
+            *_wrap("  ACTION  = {", [*(f"{a} |" for a in ACTIONS[:-1]), f"{ACTIONS[-1]} }}"]),
+            *_wrap("  options =", options),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def normalise_value(value: str) -> str:
+    """Upstream's ``read -r var <<< "$value"``: first line only, blanks stripped at both ends."""
+    return value.split("\n", 1)[0].strip(" \t")
+
+
+def split_first_slash(text: str) -> tuple[str, Optional[str]]:
+    """``a/b/c`` → (``a``, ``b/c``); no ``/`` → (text, None). Upstream's ``mv_re='^([^/]*)/(.*)$'``."""
+    head, sep, tail = text.partition("/")
+    return (head, tail) if sep else (text, None)
+
+
+def _path(value: str) -> Optional[Path]:
+    return Path(value) if value else None
+
+
+def _framework_file_error(value: str) -> Optional[str]:
+    """Why a ``--dkmsframework`` file cannot be used, or None if it can."""
+    if not value or not os.path.exists(value):
+        return f"The framework file given with --dkmsframework does not exist: '{value}'."
+    if os.path.isdir(value) or not os.access(value, os.R_OK):
+        return f"The framework file given with --dkmsframework is not a readable file: '{value}'."
+    return None
+
+
+@dataclass
+class _Parser:
+    """Mutable state of one left-to-right pass over the tokens."""
+
+    action: Optional[str] = None
+    module: Optional[str] = None
+    version: Optional[str] = None
+    kernels: list[str] = field(default_factory=list)
+    arches: list[str] = field(default_factory=list)
+    directives: list[tuple[str, str]] = field(default_factory=list)
+    framework_files: list[Path] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    flags: set[str] = field(default_factory=set)
+    values: dict[str, str] = field(default_factory=dict)
+    source_path: Optional[Path] = None
+    archive: Optional[Path] = None
+    stopped_at: Optional[str] = None  # "show_help" / "show_version" once reached
+
+    @property
+    def quiet(self) -> bool:
+        return "quiet" in self.flags
+
+    def notice(self, text: str) -> None:
+        self.notices.append(Notice(text, before_quiet=not self.quiet))
+
+    def error(self, code: int, message: str, *, show_usage: bool = False) -> CommandLineError:
+        return CommandLineError(
+            code, message, notices=tuple(self.notices), quiet=self.quiet, show_usage=show_usage
+        )
+
+    def set_module_version(self, text: str) -> None:
+        """Upstream ``parse_moduleversion``: ``m/v`` sets both, a plain ``m`` leaves v alone."""
+        module, version = split_first_slash(text)
+        self.module = module
+        if version is not None:
+            self.version = version
+
+    def run(self, argv: Sequence[str]) -> None:
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            i += 1
+            if token.startswith("-"):
+                opt = match_option(token)
+                if opt is None:
+                    raise self.error(2, f"Unknown option: {token}", show_usage=True)
+                if opt.takes_value:
+                    if "=" in token:  # only a long option can hold one: short ones match exactly
+                        raw = token.split("=", 1)[1]
+                    elif i < len(argv):
+                        raw = argv[i]
+                        i += 1
+                    else:
+                        raw = ""
+                    self.take_value(opt, normalise_value(raw))
+                elif opt.dest in ("show_help", "show_version"):
+                    self.stopped_at = opt.dest
+                    return
+                elif opt.dest == "deprecated":
+                    self.notice(f"Deprecated feature: {token}")
+                else:
+                    self.flags.add(opt.dest)
+            else:
+                self.take_bare(token)
+
+    def take_value(self, opt: Option, value: str) -> None:
+        dest = opt.dest
+        if dest == "module":
+            self.set_module_version(value)
+        elif dest == "version":
+            self.version = value
+        elif dest == "kernel":
+            kernel, arch = split_first_slash(value)
+            self.kernels.append(kernel)
+            if arch is not None:
+                self.arches.append(arch)
+        elif dest == "arch":
+            self.arches.append(value)
+        elif dest == "archive":
+            self.archive = _path(value)
+        elif dest == "directive":
+            name, sep, directive_value = value.partition("=")
+            if sep and name:
+                self.directives.append((name, directive_value))
+            else:
+                self.notice(f"Warning: ignoring --directive '{value}': expected NAME=value.")
+        elif dest == "framework_file":
+            problem = _framework_file_error(value)
+            if problem is not None:
+                raise self.error(2, problem)
+            self.framework_files.append(Path(value))
+        else:
+            self.values[dest] = value
+
+    def take_bare(self, token: str) -> None:
+        """Classify a non-option token (cli.md §2); the first rule that applies wins."""
+        if token in ACTIONS:
+            if self.action is not None:
+                raise self.error(4, f"Cannot specify more than one action ('{self.action}' and '{token}').")
+            self.action = token
+        elif token.endswith("dkms.conf") and os.path.isfile(token):
+            self.source_path = Path(token).parent
+        elif os.path.isdir(token) and os.path.isfile(os.path.join(token, "dkms.conf")):
+            self.source_path = Path(token)
+        elif os.path.isfile(token):
+            self.archive = Path(token)
+        elif not self.module:
+            self.set_module_version(token)
+        else:
+            self.notice(
+                f"Warning: I do not know how to handle '{token}': it is not an action, a source "
+                f"directory, a dkms.conf file or an archive, and the module is already set "
+                f"('{self.module}'); ignored."
+            )
+
+    def invocation(self) -> Invocation:
+        values = self.values
+        return Invocation(
+            action=self.action,
+            module=self.module,
+            version=self.version,
+            kernels=tuple(self.kernels),
+            arches=tuple(self.arches),
+            all="all" in self.flags,
+            source_path=self.source_path,
+            archive=self.archive,
+            conf=_path(values["conf"]) if "conf" in values else None,
+            kernel_config=_path(values["kernel_config"]) if "kernel_config" in values else None,
+            kernel_source_dir=(_path(values["kernel_source_dir"]) if "kernel_source_dir" in values else None),
+            template_kernel=values.get("template_kernel"),
+            directives=tuple(self.directives),
+            force="force" in self.flags,
+            force_version_override="force_version_override" in self.flags,
+            binaries_only="binaries_only" in self.flags,
+            source_only="source_only" in self.flags,
+            rpm_safe_upgrade="rpm_safe_upgrade" in self.flags,
+            symlink_modules="symlink_modules" in self.flags,
+            no_depmod="no_depmod" in self.flags,
+            modprobe_on_install="modprobe_on_install" in self.flags,
+            jobs=values.get("jobs"),
+            verbose="verbose" in self.flags,
+            debug="debug" in self.flags,
+            quiet=self.quiet,
+            json="json" in self.flags,
+            dkms_tree=_path(values["dkms_tree"]) if "dkms_tree" in values else None,
+            source_tree=_path(values["source_tree"]) if "source_tree" in values else None,
+            install_tree=_path(values["install_tree"]) if "install_tree" in values else None,
+            framework_files=tuple(self.framework_files),
+            distro=values.get("distro"),
+            release=values.get("release"),
+            size=values.get("size"),
+            media=values.get("media"),
+            spec=values.get("spec"),
+            legacy_postinst=values.get("legacy_postinst"),
+            show_help=self.stopped_at == "show_help",
+            show_version=self.stopped_at == "show_version",
+            notices=tuple(self.notices),
+        )
+
+
+def _check_arch_count(kernels: Sequence[str], arches: Sequence[str]) -> Optional[str]:
+    if len(arches) > 1 and len(arches) != len(kernels):
+        return (
+            f"{len(arches)} architectures but {len(kernels)} kernel versions were given: if more "
+            "than one arch is specified, there must be exactly one per kernel version (1:1)."
+        )
+    return None
+
+
+def _post_parse_checks(p: _Parser) -> None:
+    """The checks of cli.md §5.1 (and the --all ban of §6), in the spec's order."""
+    all_ = "all" in p.flags
+    if all_ and p.action in ALL_BANNED_ACTIONS:
+        raise p.error(5, f"The action {p.action} does not support the --all parameter.")
+    if "binaries_only" in p.flags and "source_only" in p.flags:
+        raise p.error(8, "You have specified both --binaries-only and --source-only; use at most one.")
+    problem = _check_arch_count(p.kernels, p.arches)
+    if problem is not None:
+        raise p.error(1, problem)
+    if all_ and p.kernels:
+        raise p.error(2, "You cannot specify a kernel version and also --all.")
+    if all_ and p.arches:
+        raise p.error(3, "You cannot specify an arch and also --all.")
+    if p.action in KERNEL_HOOK_ACTIONS and len(p.kernels) != 1:
+        raise p.error(
+            4,
+            f"The action {p.action} requires exactly one kernel version (-k) on the command line "
+            f"({len(p.kernels)} given).",
+        )
+
+
+def prescan_framework_files(argv: Sequence[str]) -> tuple[Path, ...]:
+    """The ``--dkmsframework`` files of the command line, in order (framework-conf.md §1).
+
+    Runs the same left-to-right pass as :func:`parse_args` (so a value such as ``-m
+    --dkmsframework`` is not mistaken for the option) and stops where it stops (``-h``/``-V``).
+    Each file is checked when reached: missing or unreadable → :class:`CommandLineError` exit 2.
+    Errors the pass finds before that point (unknown option → 2, second action → 4) are raised
+    here too, exactly as :func:`parse_args` would raise them; the post-parse checks are not run.
+    """
+    parser = _Parser()
+    parser.run(argv)
+    return tuple(parser.framework_files)
+
+
+def parse_args(argv: Sequence[str]) -> Invocation:
+    """Parse the command line (without the program name) into an :class:`Invocation`.
+
+    Raises :class:`CommandLineError` (a :class:`~pydkms.errors.UsageError`) with the exit code of
+    the spec: unknown option 2, second action 4 (both when reached), missing ``--dkmsframework``
+    file 2 (when reached); then, unless ``-h``/``-V`` stopped the pass: ``--all`` banned 5 (add,
+    build, install, autoinstall, match, kernel_*), ``--binaries-only``+``--source-only`` 8, arch
+    count 1, ``--all``+kernel 2, ``--all``+arch 3, kernel_* without exactly one ``-k`` 4, and
+    finally no action 4.
+    """
+    parser = _Parser()
+    parser.run(argv)
+    if parser.stopped_at is not None:
+        return parser.invocation()
+    _post_parse_checks(parser)
+    if parser.action is None:
+        raise parser.error(4, "No action specified.", show_usage=True)
+    if "json" in parser.flags and parser.action != "status":
+        parser.notice(f"Warning: --json is only supported by the status action; ignored by {parser.action}.")
+    return parser.invocation()
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel/arch targets
+
+
+def pair_kernels_arches(kernels: Sequence[str], arches: Sequence[str]) -> list[tuple[str, Optional[str]]]:
+    """Pair kernels with arches by ordinal (cli.md §5.1), without defaults.
+
+    One arch applies to every kernel; no arch gives ``None``; more than one arch whose count
+    differs from the kernel count raises exit 1. This is the pairing ``status`` uses for its
+    passes (status.md §3); :func:`resolve_targets` uses it after applying defaults.
+    """
+    problem = _check_arch_count(kernels, arches)
+    if problem is not None:
+        raise UsageError(1, problem)
+    if not arches:
+        return [(k, None) for k in kernels]
+    if len(arches) == 1:
+        return [(k, arches[0]) for k in kernels]
+    return list(zip(kernels, arches))
+
+
+def resolve_targets(
+    inv: Invocation,
+    *,
+    default_kernel: Callable[[], str],
+    default_arch: Callable[[str], str],
+    built_targets: Optional[Callable[[], list[tuple[str, str]]]] = None,
+) -> list[tuple[str, str]]:
+    """The (kernel, arch) pairs an action works on (cli.md §5.2–5.3); not for ``status``.
+
+    ``--all`` → ``built_targets()`` (already ordered by the caller; may be empty). No ``-k`` →
+    ``[default_kernel()]``. No arch → ``default_arch(first kernel)``, broadcast to every kernel
+    (an empty result → exit 12). Then any empty kernel or arch entry → exit 16.
+    """
+    if inv.action == "status":
+        raise ValueError("status performs no kernel/arch defaulting; use pair_kernels_arches()")
+    kernels = list(inv.kernels)
+    arches = list(inv.arches)
+    if inv.all:
+        if built_targets is None:
+            raise ValueError("--all needs built_targets")
+        targets = built_targets()
+        kernels = [k for k, _ in targets]
+        arches = [a for _, a in targets]
+        if not targets:
+            return []
+    if not kernels:
+        kernels = [default_kernel()]
+    if not arches:
+        arch = default_arch(kernels[0])
+        if not arch:
+            raise DkmsError(12, f"Could not determine the architecture for kernel {kernels[0]}.")
+        arches = [arch]
+    for index, kernel in enumerate(kernels):
+        if not kernel:
+            raise UsageError(16, f"Empty kernel version (entry {index + 1} of the kernel list).")
+    for index, arch in enumerate(arches):
+        if not arch:
+            raise UsageError(16, f"Empty architecture (entry {index + 1} of the arch list).")
+    return [(k, a) for k, a in pair_kernels_arches(kernels, arches) if a is not None]

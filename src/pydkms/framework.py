@@ -1,0 +1,275 @@
+"""framework.conf: global settings (spec/framework-conf.md).
+
+Precedence: built-in default < environment (where honoured) < framework.conf <
+framework.conf.d/*.conf < --dkmsframework files < command-line options.
+
+``PYDKMS_SYSCONFDIR`` relocates ``/etc/dkms`` (framework files, per-module overrides,
+``no-autoinstall``) so tests never read the host's configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .confeval import EvalMode, EvalRequest, OutsideSubsetError, evaluate
+from .confeval.protocol import FRAMEWORK_KEYS
+from .errors import DkmsError
+
+DEFAULT_ETC_DIR = Path("/etc/dkms")
+
+#: keys read at start-up whose default may come from the environment (framework-conf.md §4)
+_ENV_KEYS = (
+    "autoinstall_all_kernels",
+    "modprobe_on_install",
+    "parallel_jobs",
+    "post_transaction",
+    "sign_file",
+    "mok_signing_key",
+    "mok_certificate",
+)
+
+SIGNING_KEYS = ("sign_file", "mok_signing_key", "mok_certificate", "try_sign_modules")
+
+
+def etc_dir() -> Path:
+    """The directory that plays /etc/dkms."""
+    return Path(os.environ.get("PYDKMS_SYSCONFDIR") or DEFAULT_ETC_DIR)
+
+
+def directive_injections(environ: Mapping[str, str], allowed: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """``DKMS_DIRECTIVE*`` environment entries as (NAME, VALUE) (dkms-conf.md §2.6).
+
+    VALUE is the text after ``NAME=`` up to the next ``=`` (upstream truncation). Names outside
+    ``allowed`` are ignored with a warning [fix D-16].
+    """
+    out: List[Tuple[str, str]] = []
+    for var in sorted(environ):
+        if not var.startswith("DKMS_DIRECTIVE"):
+            continue
+        raw = environ[var]
+        if "=" not in raw:
+            continue
+        name, _, rest = raw.partition("=")
+        value = rest.split("=", 1)[0]
+        if name in allowed:
+            out.append((name, value))
+        else:
+            print(
+                f"Warning: ignoring {var}: '{name}' is not a setting that can be injected.",
+                file=sys.stderr,
+            )
+    return tuple(out)
+
+
+def _default_jobs() -> str:
+    if os.access("/usr/bin/nproc", os.X_OK):
+        return str(os.cpu_count() or 1)
+    return "1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective framework settings of one invocation."""
+
+    dkms_tree: Path = Path("/var/lib/dkms")
+    source_tree: Path = Path("/usr/src")
+    install_tree: Path = Path("/lib/modules")
+    tmp_location: Path = Path("/tmp")
+    verbose: bool = False
+    symlink_modules: bool = False
+    autoinstall_all_kernels: str = ""
+    modprobe_on_install: bool = False
+    parallel_jobs: str = "1"
+    compress_gzip_opts: str = ""
+    compress_xz_opts: str = "--check=crc32 --lzma2=dict=1MiB"
+    compress_zstd_opts: str = "-q --rm -T0"
+    post_transaction: str = ""
+    build_environment: str = ""
+    continue_on_error: str = "true"
+    conf_evaluation: EvalMode = EvalMode.AUTO
+    etc_dir: Path = DEFAULT_ETC_DIR
+    #: framework files that exist, in evaluation order (for the lazy re-reads of §5)
+    files: Tuple[Path, ...] = ()
+    #: raw values of every key as evaluated at start-up (including the lazy ones)
+    raw: Mapping[str, str] = field(default_factory=dict)
+
+    def context(self, kernelver: str = "", arch: str = "") -> Dict[str, str]:
+        return {
+            "dkms_tree": str(self.dkms_tree),
+            "source_tree": str(self.source_tree),
+            "install_tree": str(self.install_tree),
+            "tmp_location": str(self.tmp_location),
+            "kernelver": kernelver,
+            "arch": arch,
+        }
+
+    def reread(self, keys: Sequence[str], kernelver: str, arch: str) -> Dict[str, str]:
+        """Lazy re-read of ``keys`` with ``kernelver``/``arch`` bound (framework-conf.md §5)."""
+        values = _evaluate_files(self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw)
+        return {k: values.get(k, self.raw.get(k, "")) for k in keys}
+
+
+def _evaluate_files(
+    files: Sequence[Path], mode: EvalMode, context: Mapping[str, str], initial: Mapping[str, str]
+) -> Dict[str, str]:
+    """Evaluate framework files one after another; a file that fails is reported and skipped."""
+    values: Dict[str, str] = dict(initial)
+    environ = os.environ
+    injections = directive_injections(environ, FRAMEWORK_KEYS)
+    for path in files:
+        ctx = {k: v for k, v in context.items() if k not in FRAMEWORK_KEYS}
+        request = EvalRequest(
+            files=(path,),
+            whitelist=FRAMEWORK_KEYS,
+            context=ctx,
+            environ=environ,
+            injections=injections,
+            mode=mode,
+            strict=True,
+            initial={k: {0: v} for k, v in values.items()},
+        )
+        try:
+            result = evaluate(request)
+        except OutsideSubsetError as exc:
+            print(f"Warning: {path}: skipped, it is not plain settings ({exc.construct.text}, line {exc.construct.line}).",
+                  file=sys.stderr)
+            continue
+        except (OSError, DkmsError) as exc:
+            print(f"Warning: {path}: skipped, cannot be evaluated: {exc}", file=sys.stderr)
+            continue
+        if result.stderr:
+            sys.stderr.write(result.stderr)
+        for key, arr in result.values.items():
+            if 0 in arr:
+                values[key] = arr[0]
+    return values
+
+
+def framework_files(etc: Path, extra: Sequence[Path] = ()) -> Tuple[Path, ...]:
+    files: List[Path] = []
+    main = etc / "framework.conf"
+    if main.is_file():
+        files.append(main)
+    dropin = etc / "framework.conf.d"
+    try:
+        names = sorted((p.name for p in dropin.iterdir() if p.name.endswith(".conf")), key=os.fsencode)
+    except OSError:
+        names = []
+    files.extend(dropin / n for n in names if (dropin / n).is_file())
+    for path in extra:
+        if not os.access(path, os.R_OK) or not path.is_file():
+            raise DkmsError(2, f"Framework file {path} given with --dkmsframework does not exist or is not readable.")
+        files.append(path)
+    return tuple(files)
+
+
+def _read_conf_evaluation(files: Sequence[Path]) -> EvalMode:
+    """``conf_evaluation`` is itself always read with the data evaluator, leniently (§9)."""
+    mode = EvalMode.AUTO
+    for path in files:
+        request = EvalRequest(
+            files=(path,),
+            whitelist=("conf_evaluation",),
+            context={},
+            environ=os.environ,
+            mode=EvalMode.DATA,
+            strict=False,
+        )
+        try:
+            result = evaluate(request)
+        except (OSError, DkmsError, OutsideSubsetError):
+            continue
+        value = result.values.get("conf_evaluation", {}).get(0)
+        if value is None:
+            continue
+        try:
+            mode = EvalMode(value.strip())
+        except ValueError:
+            print(f"Warning: {path}: conf_evaluation='{value}' is not auto, data or bash; using auto.",
+                  file=sys.stderr)
+            mode = EvalMode.AUTO
+    return mode
+
+
+def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """Start-up read of the framework files (before the command line is applied)."""
+    env = os.environ if environ is None else environ
+    etc = etc_dir()
+    files = framework_files(etc, extra_files)
+    mode = _read_conf_evaluation(files)
+    initial: Dict[str, str] = {
+        "dkms_tree": "/var/lib/dkms",
+        "source_tree": "/usr/src",
+        "install_tree": "/lib/modules",
+        "tmp_location": env.get("TMPDIR") or "/tmp",
+        "compress_xz_opts": "--check=crc32 --lzma2=dict=1MiB",
+        "compress_zstd_opts": "-q --rm -T0",
+    }
+    for key in _ENV_KEYS:
+        if env.get(key):
+            initial[key] = env[key]
+    context = {
+        "dkms_tree": initial["dkms_tree"],
+        "source_tree": initial["source_tree"],
+        "install_tree": initial["install_tree"],
+        "tmp_location": initial["tmp_location"],
+        "kernelver": "",
+        "arch": "",
+    }
+    values = _evaluate_files(files, mode, context, initial) if files else dict(initial)
+    return Settings(
+        dkms_tree=Path(values["dkms_tree"] or "/var/lib/dkms"),
+        source_tree=Path(values["source_tree"] or "/usr/src"),
+        install_tree=Path(values["install_tree"] or "/lib/modules"),
+        tmp_location=Path(values["tmp_location"] or "/tmp"),
+        verbose=bool(values.get("verbose")),
+        symlink_modules=bool(values.get("symlink_modules")),
+        autoinstall_all_kernels=values.get("autoinstall_all_kernels", ""),
+        modprobe_on_install=bool(values.get("modprobe_on_install")),
+        parallel_jobs=values.get("parallel_jobs") or _default_jobs(),
+        compress_gzip_opts=values.get("compress_gzip_opts", ""),
+        compress_xz_opts=values.get("compress_xz_opts", ""),
+        compress_zstd_opts=values.get("compress_zstd_opts", ""),
+        post_transaction=values.get("post_transaction", ""),
+        build_environment=values.get("build_environment", ""),
+        continue_on_error=values.get("continue_on_error", "true"),
+        conf_evaluation=mode,
+        etc_dir=etc,
+        files=files,
+        raw=values,
+    )
+
+
+def with_cli(
+    settings: Settings,
+    *,
+    dkms_tree: Optional[Path] = None,
+    source_tree: Optional[Path] = None,
+    install_tree: Optional[Path] = None,
+    verbose: bool = False,
+    symlink_modules: bool = False,
+    modprobe_on_install: bool = False,
+    jobs: Optional[str] = None,
+) -> Settings:
+    """Apply command-line options, which always win."""
+    changes: Dict[str, object] = {}
+    if dkms_tree is not None:
+        changes["dkms_tree"] = dkms_tree
+    if source_tree is not None:
+        changes["source_tree"] = source_tree
+    if install_tree is not None:
+        changes["install_tree"] = install_tree
+    if verbose:
+        changes["verbose"] = True
+    if symlink_modules:
+        changes["symlink_modules"] = True
+    if modprobe_on_install:
+        changes["modprobe_on_install"] = True
+    if jobs is not None:
+        changes["parallel_jobs"] = jobs
+    return replace(settings, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,501 @@
+"""Install, uninstall, unbuild and remove for one kernel (spec/build-install.md §4, §5, §7).
+
+Every change is made so that a crash leaves either the old or the new state: module files are
+written under a temporary name in their directory and renamed; the kernel link is replaced by
+renaming a new link over it, last; an original in-tree module is moved (same filesystem rename
+when possible) before anything replaces it and its origin is recorded first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from . import kernel as kernel_mod
+from . import runner
+from .errors import DkmsError
+from .installed import (
+    FingerprintEntry,
+    fingerprint_for,
+    locate_installed,
+    remove_fingerprint,
+    write_fingerprint,
+)
+from .kernel import compressed_or_uncompressed, module_suffix
+from .modinfo import version_info
+from .moduleconf import ModuleConf, ModuleRecord, is_obsolete
+from .scripts import run_script
+from .session import Session
+from .tree import Target
+from .version import ver
+
+FORCE_INSTALL_DIR = Path("/usr/share/dkms/modules_to_force_install")
+
+
+# ---- small atomic file operations --------------------------------------------------------------
+def atomic_symlink(target: str, link: Path) -> None:
+    """Create or replace ``link`` -> ``target`` atomically."""
+    tmp = link.parent / f".{link.name}.pydkms-{os.getpid()}"
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` (mode of the source) through a temporary file in dest's directory."""
+    tmp = dest.parent / f".{dest.name}.pydkms-{os.getpid()}"
+    try:
+        shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def move_file(src: Path, dest: Path) -> None:
+    """Move a file, atomically when on the same filesystem (copy to temp + rename otherwise)."""
+    try:
+        os.replace(src, dest)
+    except OSError:
+        atomic_copy(src, dest)
+        os.unlink(src)
+
+
+def _find_order(root: Path, names: "set[str]") -> Iterator[Path]:
+    """Regular files with one of ``names`` under ``root``, in ``find`` order (readdir, pre-order)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for e in entries:
+        try:
+            if e.name in names and e.is_file(follow_symlinks=False):
+                yield Path(e.path)
+            if e.is_dir(follow_symlinks=False):
+                yield from _find_order(Path(e.path), names)
+        except OSError:
+            continue
+
+
+def _module_names(name: str, suffix: str) -> "set[str]":
+    return {f"{name}.ko", f"{name}.ko{suffix}"} if suffix else {f"{name}.ko"}
+
+
+# ---- install -------------------------------------------------------------------------------------
+def forced_install(m: str) -> Optional[str]:
+    """'force' or 'version-override' if /usr/share/dkms/modules_to_force_install lists m."""
+    try:
+        files = sorted(FORCE_INSTALL_DIR.iterdir())
+    except OSError:
+        return None
+    words: List[str] = []
+    for f in files:
+        try:
+            words.extend(f.read_text(errors="replace").split())
+        except OSError:
+            continue
+    for w in words:
+        if w == m:
+            return "force"
+        if w == f"{m}_version-override":
+            return "version-override"
+    return None
+
+
+def version_sanity(
+    session: Session, conf: ModuleConf, record: ModuleRecord, target: Target, suffix: str, force: bool,
+    force_version_override: bool,
+) -> bool:
+    """build-install.md §4.1: may this record be installed?"""
+    console = session.console
+    k = target.kernel
+    if conf.obsolete_by and not force and is_obsolete(k, conf.obsolete_by):
+        console.notice("")
+        console.notice(f"Module has been obsoleted due to being included in kernel {conf.obsolete_by}.")
+        console.notice(f"We will avoid installing for future kernels above {conf.obsolete_by}.")
+        console.notice("You may override by specifying --force.")
+        return False
+    install_dir = session.settings.install_tree / k
+    existing = kernel_mod.find_module_files(install_dir, record.dest_name, suffix)
+    if not existing or force_version_override:
+        return True
+    if len(existing) > 1:
+        console.warn(
+            f"Cannot do version sanity checking because multiple {record.dest_name}.ko{suffix} modules were "
+            f"found in kernel {k}."
+        )
+        return True
+    e = existing[0]
+    built = compressed_or_uncompressed(session.tree.built_module_dir(conf.module, conf.version, k, target.arch),
+                                       record.dest_name, suffix)
+    if built is None:
+        return True
+    e_ver, e_src = version_info(e)
+    d_ver, d_src = version_info(built)
+    if e_ver == d_ver:
+        if e_src == d_src and not force:
+            if (d_ver or d_src) or _same_file(e, built):
+                if d_ver:
+                    console.notice(f"Module {e} already installed at version {d_ver}, override by specifying --force")
+                else:
+                    console.notice(f"Module {e} already installed (unversioned module), override by specifying --force")
+                return False
+        return True
+    if ver(e_ver).encode() > ver(d_ver).encode() and not force:
+        console.error(
+            f"Module version {d_ver} for {record.dest_name}.ko{suffix} is not newer than what is already found "
+            f"in kernel {k} ({e_ver}).\nYou may override by specifying --force."
+        )
+        return False
+    return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    from .installed import same_contents
+
+    return same_contents(a, b)
+
+
+def archive_original(session: Session, m: str, record: ModuleRecord, target: Target, suffix: str) -> None:
+    """tree.md §10: move one pre-existing module of this name into original_module/K/A."""
+    k, a = target.kernel, target.arch
+    kdir = session.settings.install_tree / k
+    backup = session.tree.original_module_dir(m, k, a)
+    n = record.dest_name
+    candidates: List[Path] = []
+    for d in (kdir / "extra", kdir / "updates", Path(f"{kdir}{record.install_location}")):
+        found = compressed_or_uncompressed(d, n, suffix)
+        if found is not None:
+            candidates.append(found)
+    candidates.extend(_find_order(kdir, _module_names(n, suffix)))
+    for original in candidates:
+        if not original.is_file():
+            continue
+        session.console.info(f"Found pre-existing {original}, archiving for uninstallation")
+        backup.mkdir(parents=True, exist_ok=True)
+        origin = backup / f"{original.name}.origin"
+        tmp_origin = backup / f".{original.name}.origin.tmp"
+        tmp_origin.write_text(f"{original}\n")
+        os.replace(tmp_origin, origin)
+        move_file(original, backup / original.name)
+        return
+
+
+def _installed_record_files(
+    session: Session, conf: ModuleConf, target: Target, suffix: str
+) -> Iterator[tuple[ModuleRecord, Path]]:
+    T = session.tree.built_module_dir(conf.module, conf.version, target.kernel, target.arch)
+    for r in conf.records:
+        built = compressed_or_uncompressed(T, r.dest_name, suffix)
+        if built is not None:
+            yield r, built
+
+
+def install(session: Session, m: str, v: str, target: Target, *, build_if_needed: bool = True) -> int:
+    """Install m/v on one target (build-install.md §4). Returns 0 or raises DkmsError."""
+    from .builder import build
+
+    tree = session.tree
+    console = session.console
+    opts = session.options
+    k, a = target.kernel, target.arch
+    if not k or not a:
+        raise DkmsError(16, "Empty kernel version or architecture.")
+    if not tree.is_built(m, v, k, a):
+        status = build(session, m, v, target)
+        if status:
+            return status
+    force = opts.force
+    force_vo = opts.force_version_override
+    forced = forced_install(m)
+    if forced == "force":
+        force = True
+        console.info(f"Forcing installation of {m}")
+    elif forced == "version-override":
+        force_vo = True
+        console.info(f"Forcing version override of {m}")
+
+    kdir = session.settings.install_tree / k
+    if not kdir.exists():
+        raise DkmsError(6, f"The directory {kdir} doesn't exist.", "You cannot install a module onto a non-existent kernel.")
+    suffix = module_suffix(session.settings.install_tree, k)
+    kernel = session.kernel(k, a)
+    conf = session.read_conf(m, v, kernel, strict=True)
+    module_dir = tree.built_module_dir(m, v, k, a)
+    for r in conf.records:
+        f = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
+        if f is None or not f.is_file():
+            raise DkmsError(6, f"Missing module {r.dest_name} in {module_dir}.")
+    if tree.is_installed(m, v, k, a):
+        raise DkmsError(5, f"{m}/{v} is already installed for kernel {k} ({a}).")
+    if opts.rpm_safe_upgrade:
+        force = True
+
+    source = tree.source_link(m, v)
+    env = session.command_env()
+    status = run_script("pre_install", conf.pre_install, source, console, env)
+    if status and not force:
+        raise DkmsError(101, "The pre_install script failed, aborting install.", "You may override by specifying --force.")
+
+    link = tree.kernel_link(m, k, a)
+    was_linked = link.is_symlink()
+    installed_any = False
+    installed_files: List[tuple[ModuleRecord, Path, Path]] = []
+    for r in conf.records:
+        if not version_sanity(session, conf, r, target, suffix, force, force_vo):
+            continue
+        if was_linked:
+            if compressed_or_uncompressed(tree.original_module_dir(m, k, a), r.dest_name, suffix) is not None:
+                console.info("An original module was already stored during a previous install")
+        else:
+            archive_original(session, m, r, target, suffix)
+        src = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
+        assert src is not None
+        dest_dir = Path(f"{kdir}{r.install_location}")
+        dest = dest_dir / src.name
+        console.info(f"Installing {dest}")
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            if session.settings.symlink_modules:
+                atomic_symlink(str(src), dest)
+            else:
+                atomic_copy(src, dest)
+        except OSError as exc:
+            raise DkmsError(6, f"Copying '{src}' to {dest} failed: {exc.strerror}.") from exc
+        installed_any = True
+        installed_files.append((r, src, dest))
+    if conf.num_modules > 0 and not installed_any:
+        raise DkmsError(6, "Installation aborted: no module of the package was installed.")
+
+    atomic_symlink(tree.kernel_link_target(v, k, a), link)
+
+    weak_modules(session, conf, [d for _r, _s, d in installed_files], add=True)
+    run_script("post_install", conf.post_install, source, console, env)
+    if not run_depmod(session, k, a):
+        uninstall(session, m, v, target, conf=conf)
+        raise DkmsError(
+            6,
+            "Problems with depmod detected; the module was uninstalled again.",
+            "Install failed (depmod problems). Module rolled back to built state.",
+        )
+    if session.settings.modprobe_on_install and k == os.uname().release:
+        modprobe_present_devices()
+    entries: List[FingerprintEntry] = []
+    for r, src, dest in installed_files:
+        e = fingerprint_for(r, src, dest)
+        if e is not None:
+            entries.append(e)
+    write_fingerprint(tree.target_dir(m, v, k, a), entries)
+    return 0
+
+
+def modprobe_present_devices() -> None:
+    aliases = set()
+    for dirpath, _dirs, files in os.walk("/sys/devices"):
+        if "modalias" in files:
+            try:
+                aliases.add(Path(dirpath, "modalias").read_text().strip())
+            except OSError:
+                continue
+    aliases.discard("")
+    try:
+        if aliases:
+            runner.run(["modprobe", "-a", "-b", "-q", *sorted(aliases)])
+        if Path("/lib/systemd/system/systemd-modules-load.service").exists():
+            runner.run(["systemctl", "restart", "systemd-modules-load.service"])
+    except DkmsError:
+        pass
+
+
+def weak_modules(session: Session, conf: ModuleConf, files: List[Path], *, add: bool) -> None:
+    """tree.md §8: rhel*/suse* weak-modules registration."""
+    if os.environ.get("NO_WEAK_MODULES") or conf.no_weak_modules or not files:
+        return
+    family = session.family
+    if family.matches("rhel*"):
+        argv = ["/usr/sbin/weak-modules", "--no-initramfs", "--add-modules" if add else "--remove-modules"]
+    elif family.matches("sles*", "suse*", "opensuse*"):
+        argv = [
+            "/usr/lib/module-init-tools/weak-modules2",
+            "--add-kernel-modules" if add else "--remove-kernel-modules",
+            conf.kernel,
+        ]
+    else:
+        return
+    session.console.info("Adding linked weak modules..." if add else "Removing linked weak modules...")
+    try:
+        runner.run(argv, input="".join(f"{f}\n" for f in files).encode())
+    except DkmsError as exc:
+        session.console.warn(exc.message)
+
+
+def run_depmod(session: Session, k: str, a: str) -> bool:
+    """depmod for K after a change (tree.md §11). Returns False if depmod failed."""
+    if session.options.no_depmod:
+        return True
+    if session.options.delayed_depmod:
+        session.tree.depmod_pending(k, a).touch()
+        return True
+    console = session.console
+    with console.step("Running depmod", f"depmod -a {k}") as step:
+        result = kernel_mod.depmod(session.settings.install_tree, k)
+        if result.returncode:
+            step.fail(result.returncode)
+    if result.notice and console.verbose:
+        console.info(result.notice)
+    if result.output and (console.verbose or result.returncode):
+        console.write(result.output if result.output.endswith("\n") else result.output + "\n")
+    return result.returncode == 0
+
+
+# ---- uninstall -----------------------------------------------------------------------------------
+def _prune_dirs(kdir: Path, start: Path, rpm_family: bool) -> None:
+    """``rmdir -p --ignore-fail-on-non-empty`` from ``start`` up to (not including) ``kdir``."""
+    d = start
+    while d != kdir and kdir in d.parents:
+        if rpm_family:
+            rel = os.path.relpath(d, kdir)
+            try:
+                if runner.run(["rpm", "-qf", rel], cwd=kdir).returncode == 0:
+                    return
+            except DkmsError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
+
+
+def restore_originals(session: Session, m: str, record: ModuleRecord, target: Target, suffix: str) -> None:
+    """tree.md §10: put archived modules of this record back."""
+    k, a = target.kernel, target.arch
+    backup = session.tree.original_module_dir(m, k, a)
+    kdir = session.settings.install_tree / k
+    console = session.console
+    if backup.is_dir():
+        for dirpath, _dirs, files in os.walk(backup):
+            for fn in sorted(files):
+                if not (fn.startswith(f"{record.dest_name}.") and fn.endswith(".origin")):
+                    continue
+                origin = Path(dirpath) / fn
+                data = Path(dirpath) / fn[: -len(".origin")]
+                if not data.is_file():
+                    continue
+                try:
+                    location = origin.read_text(errors="replace").splitlines()[0]
+                except (OSError, IndexError):
+                    continue
+                if location.startswith(f"{kdir}/"):
+                    console.info(f"Restoring archived original module {location}")
+                    Path(location).parent.mkdir(parents=True, exist_ok=True)
+                    move_file(data, Path(location))
+                    origin.unlink()
+                else:
+                    console.warn(f"Bad original location '{location}' in {origin}")
+        for dirpath, _dirs, _files in sorted(os.walk(backup.parent), key=lambda t: -len(t[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+    legacy = compressed_or_uncompressed(backup, record.dest_name, suffix)
+    if legacy is not None and not (backup / f"{legacy.name}.origin").exists():
+        console.info("Restoring archived original module")
+        dest_dir = Path(f"{kdir}{record.dest_location}")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            move_file(legacy, dest_dir / legacy.name)
+        except OSError:
+            pass
+
+
+def uninstall(session: Session, m: str, v: str, target: Target, *, conf: Optional[ModuleConf] = None) -> int:
+    """build-install.md §5 (the caller checked that it is installed, or wants the inactive report)."""
+    tree = session.tree
+    console = session.console
+    k, a = target.kernel, target.arch
+    console.info(f"Module {m}/{v} for kernel {k} ({a}):")
+    suffix = module_suffix(session.settings.install_tree, k)
+    if conf is None:
+        conf = session.read_conf(m, v, session.kernel(k, a), strict=False)
+    kdir = session.settings.install_tree / k
+    T = tree.target_dir(m, v, k, a)
+    active = tree.installed_version(m, k, a) == v
+    if active:
+        console.info("Before uninstall, this module version was ACTIVE on this kernel.")
+        located: List[tuple[ModuleRecord, Optional[Path]]] = []
+        for r in conf.records:
+            built = compressed_or_uncompressed(T / "module", r.dest_name, suffix)
+            found = locate_installed(kdir, r, built, suffix) if built is not None else None
+            located.append((r, found))
+        weak_modules(session, conf, [f for _r, f in located if f is not None], add=False)
+        for r, found in located:
+            if found is not None:
+                console.info(f"Deleting {found.parent}/{r.dest_name}.ko{suffix}")
+                for p in found.parent.glob(f"{_glob_escape(r.dest_name)}.ko*"):
+                    try:
+                        p.unlink()
+                    except OSError:
+                        pass
+                _prune_dirs(kdir, found.parent, not session.family.uses_uname_arch)
+            else:
+                console.info(f"Module {r.dest_name}.ko{suffix} was not found within {kdir}/")
+            restore_originals(session, m, r, target, suffix)
+        try:
+            tree.kernel_link(m, k, a).unlink()
+        except OSError:
+            pass
+    else:
+        console.info("This module version was INACTIVE for this kernel.")
+    run_script("post_remove", conf.post_remove, tree.source_link(m, v), console, session.command_env())
+    run_depmod(session, k, a)
+    orig = tree.original_module_dir(m, k, a)
+    if active and orig.is_dir():
+        console.info(f"Removing original module(s) from DKMS tree for kernel {k} ({a})")
+        shutil.rmtree(orig, ignore_errors=True)
+        _rmdir_quiet(orig.parent)
+    _rmdir_quiet(tree.original_module_root(m))
+    remove_fingerprint(T)
+    return 0
+
+
+def _glob_escape(name: str) -> str:
+    import glob as _glob
+
+    return _glob.escape(name)
+
+
+def _rmdir_quiet(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+# ---- unbuild / remove ----------------------------------------------------------------------------
+def unbuild_target(session: Session, m: str, v: str, target: Target) -> None:
+    """Delete K/A, then K if no non-hidden directory remains (hidden staging dirs go with it)."""
+    tree = session.tree
+    T = tree.target_dir(m, v, target.kernel, target.arch)
+    shutil.rmtree(T, ignore_errors=True)
+    kdir = tree.kernel_dir(m, v, target.kernel)
+    try:
+        remaining = [e for e in os.scandir(kdir) if not e.name.startswith(".") and e.is_dir()]
+    except OSError:
+        return
+    if not remaining:
+        shutil.rmtree(kdir, ignore_errors=True)
+
+
+def subprocess_devnull() -> int:
+    return subprocess.DEVNULL

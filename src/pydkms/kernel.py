@@ -1,0 +1,217 @@
+"""Facts about a target kernel: headers, configuration, compiler, module suffix, depmod."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import runner
+
+_COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One target (kernel release, arch) with its build directory and configuration file."""
+
+    release: str
+    arch: str
+    source_dir: Path  # <ksrc>
+    config: Path  # kernel config used for detection and BUILD_EXCLUSIVE_CONFIG
+    _config_cache: Dict[str, Dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def resolve(
+        cls,
+        release: str,
+        arch: str,
+        install_tree: Path,
+        kernel_source_dir: Optional[Path] = None,
+        kernel_config: Optional[Path] = None,
+    ) -> Kernel:
+        """Apply the defaults of spec/build-install.md §2.1."""
+        ksrc = kernel_source_dir if kernel_source_dir is not None else install_tree / release / "build"
+        if kernel_config is None:
+            auto = ksrc / "include" / "config" / "auto.conf"
+            kernel_config = auto if auto.exists() else ksrc / ".config"
+        return cls(release, arch, ksrc, kernel_config)
+
+    def headers_present(self) -> bool:
+        return (self.source_dir / "include").exists()
+
+    def config_values(self) -> Dict[str, str]:
+        """``CONFIG_*`` assignments of the kernel config (empty if it does not exist)."""
+        cached = self._config_cache.get("values")
+        if cached is not None:
+            return cached
+        values: Dict[str, str] = {}
+        try:
+            with open(self.config, encoding="utf-8", errors="surrogateescape") as fh:
+                for line in fh:
+                    if line.startswith("CONFIG_") and "=" in line:
+                        name, _, value = line.rstrip("\n").partition("=")
+                        values[name] = value
+        except OSError:
+            pass
+        self._config_cache["values"] = values
+        return values
+
+    def has_config(self) -> bool:
+        return self.config.exists()
+
+    def config_enabled(self, name: str) -> bool:
+        """True if the config has ``NAME=y`` or ``NAME=m`` (upstream's ``grep ^NAME=[ym]``)."""
+        value = self.config_values().get(name)
+        return value is not None and value[:1] in ("y", "m")
+
+    def detect_compiler(self) -> Dict[str, str]:
+        """Environment for the build: CC/KERNEL_CC/LD/KERNEL_LD (build-install.md §2.2)."""
+        env: Dict[str, str] = {}
+        kvars = self.source_dir / ".kernelvariables"
+        if kvars.is_file():
+            makefile = f"show-%:\n\t@echo $($*)\ninclude {kvars}\n"
+            proc = runner.run(["make", "-s", "-f", "-", "show-CC"], input=makefile.encode())
+            cc = proc.stdout.decode(errors="replace").strip()
+            if proc.returncode == 0 and cc:
+                env["CC"] = cc
+        if self.has_config():
+            values = self.config_values()
+            text = values.get("CONFIG_CC_VERSION_TEXT", "")
+            m = re.match(r'^"*([^" ]*) ', text)
+            if m and m.group(1) and runner.which(m.group(1)):
+                env["CC"] = env["KERNEL_CC"] = m.group(1)
+            if values.get("CONFIG_CC_IS_CLANG") == "y" and runner.which("clang"):
+                env["CC"] = env["KERNEL_CC"] = "clang"
+            if values.get("CONFIG_LD_IS_LLD") == "y" and runner.which("ld.lld"):
+                env["LD"] = env["KERNEL_LD"] = "ld.lld"
+        return env
+
+    def needs_llvm(self) -> bool:
+        """Append ``LLVM=1`` to the make command (dkms-conf.md §7 step 4)."""
+        vmlinux = self.source_dir / "vmlinux"
+        if vmlinux.exists():
+            proc = runner.run(["readelf", "-p", ".comment", str(vmlinux)])
+            return b"clang" in proc.stdout
+        return self.config_values().get("CONFIG_CC_IS_CLANG") == "y"
+
+
+_suffix_cache: Dict[Tuple[str, str], str] = {}
+
+
+def module_suffix(install_tree: Path, release: str, *, refresh: bool = False) -> str:
+    """Compression suffix of kernel K from its installed modules (tree.md §6.3): '', .gz, .xz or .zst.
+
+    Recomputed per kernel [fix D-19]; cached per process unless ``refresh``.
+    """
+    key = (str(install_tree), release)
+    if not refresh and key in _suffix_cache:
+        return _suffix_cache[key]
+    found = set()
+    for _dirpath, _dirnames, filenames in os.walk(install_tree / release):
+        for name in filenames:
+            for sfx in _COMPRESSED_SUFFIXES:
+                if name.endswith(".ko" + sfx):
+                    found.add(sfx)
+        if ".zst" in found:
+            break
+    suffix = ""
+    for sfx in _COMPRESSED_SUFFIXES:
+        if sfx in found:
+            suffix = sfx
+    _suffix_cache[key] = suffix
+    return suffix
+
+
+def forget_suffix(install_tree: Path, release: str) -> None:
+    _suffix_cache.pop((str(install_tree), release), None)
+
+
+def find_module_files(root: Path, name: str, suffix: str) -> List[Path]:
+    """Regular files named ``name.ko`` or ``name.ko<suffix>`` anywhere under ``root`` (no symlinks)."""
+    wanted = {f"{name}.ko"}
+    if suffix:
+        wanted.add(f"{name}.ko{suffix}")
+    out: List[Path] = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for fn in filenames:
+            if fn in wanted:
+                p = Path(dirpath) / fn
+                if p.is_file() and not p.is_symlink():
+                    out.append(p)
+    return out
+
+
+def compressed_or_uncompressed(directory: Path, name: str, suffix: str) -> Optional[Path]:
+    """``dir/name.ko`` if it exists, else ``dir/name.ko<suffix>``, else None (upstream helper)."""
+    plain = directory / f"{name}.ko"
+    if os.path.lexists(plain):
+        return plain
+    if suffix:
+        comp = directory / f"{name}.ko{suffix}"
+        if os.path.lexists(comp):
+            return comp
+    return None
+
+
+@dataclass(frozen=True)
+class DepmodResult:
+    ran: bool
+    returncode: int
+    output: str
+    notice: str = ""
+
+
+def depmod(install_tree: Path, release: str) -> DepmodResult:
+    """Run depmod for K as spec/tree.md §11 says (D-11: honour --installtree)."""
+    kdir = install_tree / release
+    if not (kdir / "modules.dep").exists():
+        return DepmodResult(False, 0, "", f"Skipping depmod because '{kdir}/modules.dep' is missing.")
+    tree = os.path.normpath(str(install_tree))
+    base: Optional[str] = None
+    if tree != "/lib/modules":
+        for tail in ("/usr/lib/modules", "/lib/modules"):
+            if tree.endswith(tail):
+                base = tree[: -len(tail)] or "/"
+                break
+        if base is None:
+            return DepmodResult(
+                False,
+                0,
+                "",
+                f"Skipping depmod: the install tree {install_tree} does not end in /lib/modules, "
+                "so depmod cannot be pointed at it.",
+            )
+    argv: List[str] = ["depmod"]
+    if base is not None:
+        argv += ["-b", base]
+    argv += ["-a", release]
+    system_map = Path(base or "/") / "boot" / f"System.map-{release}"
+    if system_map.exists():
+        argv += ["-F", str(system_map)]
+    proc = runner.run(argv, stderr=subprocess.STDOUT)
+    output = proc.stdout.decode(errors="replace")
+    dep = kdir / "modules.dep"
+    try:
+        empty = dep.exists() and dep.stat().st_size == 0
+    except OSError:
+        empty = False
+    if empty:
+        for name in ("alias", "dep", "devname", "softdep", "symbols", "weakdep"):
+            try:
+                (kdir / f"modules.{name}").unlink()
+            except OSError:
+                pass
+        for p in kdir.glob("modules.*.bin"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        try:
+            kdir.rmdir()
+        except OSError:
+            pass
+    return DepmodResult(True, proc.returncode, output)

@@ -1,0 +1,481 @@
+"""The frozen model of one module's dkms.conf for one (m, v, K, A) (spec/dkms-conf.md).
+
+:class:`ConfReader` evaluates the conf plus its ``/etc/dkms`` overrides (through
+:mod:`pydkms.confeval`), applies ``--directive`` entries, derives the internal values upstream
+computes (records, make command, patches, exclusion) and validates them (§5).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, FrozenSet, List, Optional, Protocol, Tuple
+
+from .confeval import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, evaluate
+from .confeval.protocol import DKMS_CONF_WHITELIST
+from .distro import Distro
+from .errors import ConfError, DkmsError
+from .framework import directive_injections
+from .kernel import Kernel
+from .posixre import ere_search
+from .version import obsolete_key, ver
+
+DEPRECATED = (
+    "CLEAN",
+    "REMAKE_INITRD",
+    "MODULES_CONF",
+    "MODULES_CONF_OBSOLETES",
+    "MODULES_CONF_ALIAS_TYPE",
+    "MODULES_CONF_OBSOLETE_ONLY",
+)
+_TRUE_CLEAN = ("true", "/bin/true", "/usr/bin/true")
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    """One module of the package (index i of the BUILT_/DEST_MODULE_* family)."""
+
+    index: int
+    built_name: str
+    built_location: str  # relative to build/, '' or ending in '/'
+    dest_name: str
+    dest_location: str  # DEST_MODULE_LOCATION[i] as written
+    install_location: str  # after the family override (tree.md §6)
+    strip: bool
+
+    @property
+    def built_path(self) -> str:
+        return f"{self.built_location}{self.built_name}"
+
+
+@dataclass(frozen=True)
+class ModuleConf:
+    """Everything pydkms needs from a dkms.conf for one (m, v, K, A)."""
+
+    path: Path
+    files: Tuple[Path, ...]
+    module: str
+    version: str
+    kernel: str
+    arch: str
+    package_name: str
+    package_version: str
+    records: Tuple[ModuleRecord, ...]
+    make_command: str
+    patches: Tuple[str, ...]
+    pre_build: str
+    post_build: str
+    pre_install: str
+    post_install: str
+    post_add: str
+    post_remove: str
+    build_depends: Tuple[str, ...]
+    build_depends_rebuild: bool
+    autoinstall: bool
+    no_weak_modules: bool
+    obsolete_by: str
+    exclusion: Tuple[str, ...]  # reasons; non-empty means BUILD_EXCLUSIVE does not match
+    values: Mapping[str, Mapping[int, str]] = field(repr=False)
+    evaluator: str = "data"
+    outside: Optional[Construct] = None
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.records)
+
+    @property
+    def excluded(self) -> bool:
+        return bool(self.exclusion)
+
+    def scalar(self, name: str) -> str:
+        return self.values.get(name, {}).get(0, "")
+
+
+def _elements(values: Mapping[str, Mapping[int, str]], name: str) -> List[str]:
+    """Elements of an array in index order (bash ``"${X[@]}"``)."""
+    arr = values.get(name, {})
+    return [arr[i] for i in sorted(arr)]
+
+
+def _count(values: Mapping[str, Mapping[int, str]], name: str) -> int:
+    """``${#X[@]}``: number of set elements."""
+    return len(values.get(name, {}))
+
+
+def override_files(etc: Path, m: str, v: str, k: str, a: str) -> Tuple[Path, ...]:
+    """The existing /etc/dkms override files, in order (dkms-conf.md §2.6)."""
+    names = (f"{m}.conf", f"{m}-{v}.conf", f"{m}-{v}-{k}.conf", f"{m}-{v}-{k}-{a}.conf", f"{m}--{k}.conf",
+             f"{m}--{k}-{a}.conf")
+    return tuple(etc / n for n in names if (etc / n).exists())
+
+
+@dataclass
+class _CacheEntry:
+    dependencies: Optional[FrozenSet[str]]
+    context: Dict[str, str]
+    result: EvalResult
+
+
+class ConfReader:
+    """Evaluates dkms.conf files for one invocation, with the caching of §2.7."""
+
+    def __init__(
+        self,
+        *,
+        etc_dir: Path,
+        mode: EvalMode,
+        distro: Distro,
+        base_context: Mapping[str, str],
+        directives: Sequence[Tuple[str, str]] = (),
+        conf_override: Optional[Path] = None,
+        addon_modules_dir: str = "",
+    ) -> None:
+        self.etc_dir = etc_dir
+        self.mode = mode
+        self.distro = distro
+        self.base_context = dict(base_context)
+        self.directives = tuple(directives)
+        self.conf_override = conf_override
+        self.addon_modules_dir = addon_modules_dir
+        self._cache: Dict[Tuple[Tuple[Path, int, int], ...], List[_CacheEntry]] = {}
+        self._warned_outside: set[Path] = set()
+        self.injections = directive_injections(os.environ, DKMS_CONF_WHITELIST)
+
+    # -- raw evaluation ------------------------------------------------------------------------
+    def _context(self, m: str, v: str, kernel: Kernel) -> Dict[str, str]:
+        ctx = dict(self.base_context)
+        ctx.update(
+            kernelver=kernel.release,
+            arch=kernel.arch,
+            kernel_source_dir=str(kernel.source_dir),
+            kernel_config=str(kernel.config),
+            module=m,
+            module_version=v,
+            running_distribution=self.distro.family,
+        )
+        return ctx
+
+    def _evaluate(self, files: Tuple[Path, ...], context: Dict[str, str], strict: bool) -> EvalResult:
+        key_parts = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError as exc:
+                raise DkmsError(4, f"Could not read {f}: {exc.strerror}.") from exc
+            key_parts.append((f, st.st_mtime_ns, st.st_size))
+        key = (*key_parts, (Path(f"strict={strict}"), 0, 0))
+        for entry in self._cache.get(key, []):
+            names = entry.dependencies if entry.dependencies is not None else frozenset(context) | frozenset(
+                entry.context
+            )
+            if all(context.get(n) == entry.context.get(n) for n in names):
+                return entry.result
+        request = EvalRequest(
+            files=files,
+            whitelist=DKMS_CONF_WHITELIST,
+            context=context,
+            environ=os.environ,
+            injections=self.injections,
+            mode=self.mode,
+            strict=strict,
+        )
+        result = evaluate(request)
+        self._cache.setdefault(key, []).append(_CacheEntry(result.dependencies, dict(context), result))
+        return result
+
+    def conf_path(self, tree_source: Path) -> Path:
+        return self.conf_override if self.conf_override is not None else tree_source / "dkms.conf"
+
+    def read(
+        self,
+        m: str,
+        v: str,
+        kernel: Kernel,
+        conf: Path,
+        *,
+        strict: bool,
+        report: Optional[Reporter] = None,
+    ) -> ModuleConf:
+        """Evaluate and validate. Raises DkmsError(4) if unreadable, ConfError(8) if invalid."""
+        if not os.access(conf, os.R_OK) or not conf.is_file():
+            raise DkmsError(4, f"Could not locate dkms.conf file: {conf} does not exist or is not readable.")
+        files = (conf, *override_files(self.etc_dir, m, v, kernel.release, kernel.arch))
+        context = self._context(m, v, kernel)
+        try:
+            result = self._evaluate(files, context, strict)
+        except OutsideSubsetError as exc:
+            c = exc.construct
+            raise ConfError(
+                f"{c.file}:{c.line}: {c.text} is not allowed with conf_evaluation=\"data\" "
+                "(the file would have to be executed by bash).",
+            ) from exc
+        if report is not None:
+            if result.outside is not None and result.outside.file not in self._warned_outside:
+                self._warned_outside.add(result.outside.file)
+                if result.evaluator == "bash":
+                    report.warn(
+                        f"{result.outside.file} is evaluated by bash because of {result.outside.text} "
+                        f"on line {result.outside.line}."
+                    )
+            for w in result.warnings:
+                if result.evaluator == "data" and result.outside is not None:
+                    report.warn(w)
+            if result.stderr:
+                report.raw_err(result.stderr)
+        values = {k: dict(v_) for k, v_ in result.values.items()}
+        for name, value in self.directives:
+            if name in DKMS_CONF_WHITELIST:
+                values.setdefault(name, {})[0] = value
+        if strict and report is not None:
+            self._deprecations(files, context, values, report)
+        return self._derive(m, v, kernel, conf, files, values, result, strict, report)
+
+    def _deprecations(
+        self, files: Tuple[Path, ...], context: Dict[str, str], values: Mapping[str, Mapping[int, str]],
+        report: Reporter,
+    ) -> None:
+        active = [n for n in DEPRECATED if values.get(n) and not (n == "CLEAN" and values[n].get(0) in _TRUE_CLEAN)]
+        if not active:
+            return
+        # A name set after file i stays set in every later file (values survive), so find the first
+        # prefix of the chain in which it is set and name every file from there on.
+        first: Dict[str, int] = {}
+        for i in range(len(files)):
+            prefix = files[: i + 1]
+            res = values if i == len(files) - 1 else self._evaluate(prefix, context, True).values
+            for n in active:
+                if n not in first and res.get(n):
+                    first[n] = i
+        for i, f in enumerate(files):
+            for n in active:
+                if first.get(n, len(files)) <= i:
+                    report.deprecated(f"{n} ({f})")
+
+    # -- derivation and validation (§5, §6, §7, §9, §10) ------------------------------------------
+    def _derive(
+        self,
+        m: str,
+        v: str,
+        kernel: Kernel,
+        conf: Path,
+        files: Tuple[Path, ...],
+        values: Dict[str, Dict[int, str]],
+        result: EvalResult,
+        strict: bool,
+        report: Optional[Reporter],
+    ) -> ModuleConf:
+        errors: List[str] = []
+        name = values.get("PACKAGE_NAME", {}).get(0, "")
+        version = values.get("PACKAGE_VERSION", {}).get(0, "")
+        if not name:
+            errors.append("No 'PACKAGE_NAME' directive specified.")
+        if not version:
+            errors.append("No 'PACKAGE_VERSION' directive specified.")
+
+        family = ("BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION")
+        max_index = max((i for n in family for i in values.get(n, {})), default=-1)
+        num_modules = max_index + 1
+        strip_values = values.get("STRIP", {})
+        strip_arr: Dict[int, str] = dict(values.get("strip", {}))
+        for i in range(num_modules):
+            built_name = values.get("BUILT_MODULE_NAME", {}).get(i, "")
+            built_loc = values.get("BUILT_MODULE_LOCATION", {}).get(i, "")
+            dest_name = values.get("DEST_MODULE_NAME", {}).get(i, "")
+            dest_loc = values.get("DEST_MODULE_LOCATION", {}).get(i, "")
+            s = strip_values.get(i, "")
+            if s[:1] in ("n", "N"):
+                strip_arr[i] = "no"
+            elif s[:1] in ("y", "Y"):
+                strip_arr[i] = "yes"
+            elif s == "":
+                strip_arr[i] = strip_arr.get(0) or "yes"
+            if not built_name and num_modules == 1:
+                built_name = name
+            if not dest_name:
+                dest_name = built_name
+            if built_loc and not built_loc.endswith("/"):
+                built_loc += "/"
+            if not built_name:
+                errors.append(f"No 'BUILT_MODULE_NAME' directive specified for record #{i}.")
+            if built_name.endswith((".o", ".ko")):
+                errors.append(f"'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
+            if dest_name.endswith((".o", ".ko")):
+                errors.append(f"'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
+            if not dest_loc:
+                errors.append(f"No 'DEST_MODULE_LOCATION' directive specified for record #{i}.")
+            elif not dest_loc.startswith(("/kernel", "/updates", "/extra")):
+                errors.append(
+                    f"Directive 'DEST_MODULE_LOCATION' does not begin with '/kernel', '/updates', or '/extra' "
+                    f"in record #{i}."
+                )
+            records.append(
+                ModuleRecord(
+                    index=i,
+                    built_name=built_name,
+                    built_location=built_loc,
+                    dest_name=dest_name,
+                    dest_location=dest_loc,
+                    install_location=self.distro.dest_dir(dest_loc, self.addon_modules_dir),
+                    strip=strip_arr.get(i, "") != "no",
+                )
+            )
+
+        flags: Dict[str, bool] = {}
+        for flag in ("AUTOINSTALL", "BUILD_DEPENDS_REBUILD", "NO_WEAK_MODULES"):
+            raw = values.get(flag, {}).get(0, "")
+            if raw == "" or raw.lower() == "yes":
+                flags[flag] = bool(raw)
+            elif raw.lower() == "no":
+                flags[flag] = False
+            else:
+                errors.append(f"Unsupported {flag} value '{raw}'.")
+                flags[flag] = False
+
+        if strict and not errors:
+            if num_modules == 0 and report is not None:
+                report.warn(f"{conf}: zero modules specified.")
+            seen: set[str] = set()
+            for r in records:
+                if r.built_path in seen:
+                    errors.append(f"Duplicate module '{r.built_path}' in 'BUILT_MODULE_NAME[{r.index}]'.")
+                seen.add(r.built_path)
+            seen = set()
+            for r in records:
+                if r.dest_name in seen:
+                    errors.append(f"Duplicate module '{r.dest_name}' in 'DEST_MODULE_NAME[{r.index}]'.")
+                seen.add(r.dest_name)
+
+        if errors:
+            raise ConfError(
+                f"{conf} is invalid ({len(errors)} problem{'s' if len(errors) > 1 else ''}).",
+                errors=tuple(f"{conf}: {e}" for e in errors),
+            )
+
+        make_command = self._make_command(m, v, kernel, values, report)
+        patches = self._patches(kernel.release, values, report)
+        exclusion = self._exclusion(kernel, values, report)
+        deps: List[str] = []
+        for element in _elements(values, "BUILD_DEPENDS"):
+            deps.extend(element.split())
+        return ModuleConf(
+            path=conf,
+            files=files,
+            module=m,
+            version=v,
+            kernel=kernel.release,
+            arch=kernel.arch,
+            package_name=name,
+            package_version=version,
+            records=tuple(records),
+            make_command=make_command,
+            patches=patches,
+            pre_build=values.get("PRE_BUILD", {}).get(0, ""),
+            post_build=values.get("POST_BUILD", {}).get(0, ""),
+            pre_install=values.get("PRE_INSTALL", {}).get(0, ""),
+            post_install=values.get("POST_INSTALL", {}).get(0, ""),
+            post_add=values.get("POST_ADD", {}).get(0, ""),
+            post_remove=values.get("POST_REMOVE", {}).get(0, ""),
+            build_depends=tuple(deps),
+            build_depends_rebuild=flags["BUILD_DEPENDS_REBUILD"],
+            autoinstall=flags["AUTOINSTALL"],
+            no_weak_modules=flags["NO_WEAK_MODULES"],
+            obsolete_by=values.get("OBSOLETE_BY", {}).get(0, ""),
+            exclusion=exclusion,
+            values=values,
+            evaluator=result.evaluator,
+            outside=result.outside,
+        )
+
+    def _match(self, pattern: str, text: str, what: str, report: Optional[Reporter]) -> bool:
+        matched = ere_search(pattern, text)
+        if matched is None:
+            if report is not None:
+                report.warn(f"{what}: '{pattern}' is not a valid regular expression; it matches nothing.")
+            return False
+        return matched
+
+    def _make_command(
+        self, m: str, v: str, kernel: Kernel, values: Mapping[str, Mapping[int, str]], report: Optional[Reporter]
+    ) -> str:
+        make = values.get("MAKE", {})
+        match = values.get("MAKE_MATCH", {})
+        candidate = ""
+        if not match.get(0):
+            candidate = make.get(0, "")
+        for i in range(_count(values, "MAKE")):
+            if make.get(i) and match.get(i) and self._match(match[i], kernel.release, f"MAKE_MATCH[{i}]", report):
+                candidate = make[i]
+        if not candidate:
+            candidate = f"make -C {kernel.source_dir} M={self.base_context['dkms_tree']}/{m}/{v}/build"
+        if kernel.needs_llvm():
+            candidate += " LLVM=1"
+        return candidate
+
+    def _patches(
+        self, release: str, values: Mapping[str, Mapping[int, str]], report: Optional[Reporter]
+    ) -> Tuple[str, ...]:
+        patch = values.get("PATCH", {})
+        match = values.get("PATCH_MATCH", {})
+        selected: List[str] = []
+        for i in range(_count(values, "PATCH")):
+            p = patch.get(i, "")
+            if p and (not match.get(i) or self._match(match[i], release, f"PATCH_MATCH[{i}]", report)):
+                selected.append(p)
+        preset = values.get("patch_array", {})
+        leftover = [preset[i] for i in sorted(preset) if i >= len(selected)]
+        return tuple(selected + leftover)
+
+    def _exclusion(
+        self, kernel: Kernel, values: Mapping[str, Mapping[int, str]], report: Optional[Reporter]
+    ) -> Tuple[str, ...]:
+        def scalar(n: str) -> str:
+            return values.get(n, {}).get(0, "")
+
+        reasons: List[str] = []
+        k, a = kernel.release, kernel.arch
+        kmax = scalar("BUILD_EXCLUSIVE_KERNEL_MAX") or scalar("OBSOLETE_BY")
+        if scalar("BUILD_EXCLUSIVE_KERNEL"):
+            matched = ere_search(scalar("BUILD_EXCLUSIVE_KERNEL"), k)
+            if matched is None and report is not None:
+                report.warn(f"BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}' is not a valid regular "
+                            "expression; ignored.")
+            if matched is False:
+                reasons.append(f"kernel {k} does not match BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}'")
+        if scalar("BUILD_EXCLUSIVE_KERNEL_MIN") and ver(k).encode() < ver(scalar("BUILD_EXCLUSIVE_KERNEL_MIN")).encode():
+            reasons.append(f"kernel {k} is older than BUILD_EXCLUSIVE_KERNEL_MIN {scalar('BUILD_EXCLUSIVE_KERNEL_MIN')}")
+        if kmax and ver(k).encode() > ver(kmax).encode():
+            reasons.append(f"kernel {k} is newer than BUILD_EXCLUSIVE_KERNEL_MAX {kmax}")
+        if scalar("BUILD_EXCLUSIVE_ARCH"):
+            matched = ere_search(scalar("BUILD_EXCLUSIVE_ARCH"), a)
+            if matched is None and report is not None:
+                report.warn(f"BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}' is not a valid regular "
+                            "expression; ignored.")
+            if matched is False:
+                reasons.append(f"arch {a} does not match BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}'")
+        if scalar("BUILD_EXCLUSIVE_CONFIG") and kernel.has_config():
+            for token in scalar("BUILD_EXCLUSIVE_CONFIG").split():
+                if token.startswith("!"):
+                    if kernel.config_enabled(token[1:]):
+                        reasons.append(f"the kernel config has {token[1:]}")
+                elif not kernel.config_enabled(token):
+                    reasons.append(f"the kernel config lacks {token}")
+        if scalar("build_exclude"):
+            reasons.append("build_exclude is set")
+        return tuple(reasons)
+
+
+def is_obsolete(kernel_release: str, obsolete_by: str) -> bool:
+    """OBSOLETE_BY install check (dkms-conf.md §12): W(K) >= W(OBSOLETE_BY)."""
+    return obsolete_key(kernel_release).encode() >= obsolete_key(obsolete_by).encode()
+
+
+class Reporter(Protocol):
+    """Where conf evaluation reports warnings (the Console, or a sink that discards them)."""
+
+    def warn(self, text: str) -> None: ...
+
+    def deprecated(self, text: str) -> None: ...
+
+    def raw_err(self, text: str) -> None: ...

@@ -1,0 +1,212 @@
+"""``dkms status`` (spec/status.md): never writes, never locks, always exits 0.
+
+Lines are computed from the tree predicates; suffixes from the module records of each dkms.conf
+(evaluated silently, at most once per module/version when the result does not depend on the
+kernel) and, for installed modules, from the install fingerprint while it still matches the files
+on disk [fix D-04]. Nothing here starts a subprocess in the steady state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .errors import DkmsError
+from .installed import locate_installed, read_fingerprint, same_contents, stat_tuple
+from .kernel import compressed_or_uncompressed, module_suffix
+from .moduleconf import ModuleConf
+from .session import Session
+from .tree import Target
+
+ORIGINAL = " (Original modules exist)"
+MISSING = " (Built modules are missing in the kernel modules folder)"
+DIFFERS = " (Differences between built and installed modules)"
+
+JSON_SCHEMA = "pydkms-status"
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    module: str
+    version: str
+    kernel: Optional[str]
+    arch: Optional[str]
+    state: str  # added | broken | built | installed
+    original_modules: bool = False
+    built_modules_missing: bool = False
+    differs_from_installed: bool = False
+
+    def line(self) -> str:
+        mv = f"{self.module}/{self.version}"
+        if self.state in ("added", "broken"):
+            return f"{mv}: {self.state}"
+        text = f"{mv}, {self.kernel}, {self.arch}: {self.state}"
+        if self.original_modules:
+            text += ORIGINAL
+        if self.built_modules_missing:
+            text += MISSING
+        elif self.differs_from_installed:
+            text += DIFFERS
+        return text
+
+    def as_json(self) -> Dict[str, object]:
+        return {
+            "module": self.module,
+            "version": self.version,
+            "kernel": self.kernel,
+            "arch": self.arch,
+            "state": self.state,
+            "original_modules": self.original_modules,
+            "built_modules_missing": self.built_modules_missing,
+            "differs_from_installed": self.differs_from_installed,
+        }
+
+
+class _Silent:
+    """A reporter that swallows dkms.conf warnings: status never prints them [fix D-05]."""
+
+    def warn(self, text: str) -> None:
+        return None
+
+    def deprecated(self, text: str) -> None:
+        return None
+
+    def raw_err(self, text: str) -> None:
+        return None
+
+
+class StatusReader:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.tree = session.tree
+        self.install_tree = session.settings.install_tree
+
+    def _suffix(self, kernel: str) -> str:
+        return module_suffix(self.install_tree, kernel)
+
+    def _conf(self, m: str, v: str, t: Target) -> Optional[ModuleConf]:
+        s = self.session
+        try:
+            return s.confs.read(m, v, s.kernel(t.kernel, t.arch), s.conf_file(m, v), strict=False, report=_Silent())
+        except DkmsError:
+            return None
+
+    def _built_file(self, module_dir: Path, name: str, kernel: str) -> Optional[Path]:
+        plain = module_dir / f"{name}.ko"
+        if os.path.lexists(plain):
+            return plain
+        suffix = self._suffix(kernel)
+        return compressed_or_uncompressed(module_dir, name, suffix) if suffix else None
+
+    def _problems(self, m: str, v: str, t: Target, installed: bool) -> Tuple[bool, bool]:
+        """(built_modules_missing, differs_from_installed) for a build line."""
+        conf = self._conf(m, v, t)
+        if conf is None:
+            return False, False
+        module_dir = self.tree.built_module_dir(m, v, t.kernel, t.arch)
+        fingerprint = read_fingerprint(self.tree.target_dir(m, v, t.kernel, t.arch)) if installed else {}
+        kdir = self.install_tree / t.kernel
+        for r in conf.records:
+            built = self._built_file(module_dir, r.dest_name, t.kernel)
+            if built is None:
+                return True, False
+            if not installed:
+                continue
+            entry = fingerprint.get(r.dest_name)
+            if (
+                entry is not None
+                and entry.built == str(built)
+                and stat_tuple(built) == entry.built_stat
+                and stat_tuple(Path(entry.installed)) == entry.installed_stat
+            ):
+                if not entry.identical:
+                    return False, True
+                continue
+            via_link = self._built_file(self.tree.kernel_link(m, t.kernel, t.arch) / "module", r.dest_name, t.kernel)
+            found = locate_installed(kdir, r, via_link or built, self._suffix(t.kernel))
+            if found is None or not same_contents(built, found):
+                return False, True
+        return False, False
+
+    def entries(
+        self,
+        m_pattern: Optional[str],
+        v_pattern: Optional[str],
+        passes: Sequence[Tuple[Optional[str], Optional[str]]],
+    ) -> List[List[StatusEntry]]:
+        """One list of entries per kernel pass (status.md §3)."""
+        pairs = list(self.tree.module_versions(m_pattern or None, v_pattern or None))
+        out: List[List[StatusEntry]] = []
+        for k_pattern, a_pattern in passes:
+            entries: List[StatusEntry] = []
+            for m, v in pairs:
+                if self.tree.is_broken(m, v):
+                    entries.append(StatusEntry(m, v, None, None, "broken"))
+                    continue
+                if not self.tree.is_added(m, v):
+                    continue
+                builds = self.tree.builds(m, v, k_pattern or None, a_pattern or None)
+                if not builds:
+                    entries.append(StatusEntry(m, v, None, None, "added"))
+                    continue
+                for t in builds:
+                    installed = self.tree.installed_version(m, t.kernel, t.arch) == v
+                    missing, differs = self._problems(m, v, t, installed)
+                    entries.append(
+                        StatusEntry(
+                            m,
+                            v,
+                            t.kernel,
+                            t.arch,
+                            "installed" if installed else "built",
+                            original_modules=self.tree.original_module_dir(m, t.kernel, t.arch).is_dir(),
+                            built_modules_missing=missing,
+                            differs_from_installed=differs,
+                        )
+                    )
+            out.append(entries)
+        return out
+
+
+def passes_for(kernels: Sequence[str], arches: Sequence[str]) -> List[Tuple[Optional[str], Optional[str]]]:
+    """Kernel passes of status.md §3: without -k one pass (first -a), else one per -k with its arch."""
+    if not kernels:
+        return [(None, arches[0] if arches else None)]
+    if len(arches) == 1:
+        return [(k, arches[0]) for k in kernels]
+    return [(k, arches[i] if i < len(arches) else None) for i, k in enumerate(kernels)]
+
+
+def render_text(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
+    console = session.console
+    for entries in per_pass:
+        for e in entries:
+            console.info(e.line())
+            if e.state == "broken":
+                console.error(
+                    f"{e.module}/{e.version}: Missing the module source directory or the symbolic link pointing "
+                    "to it. Manual intervention is required!"
+                )
+
+
+def render_json(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
+    seen = set()
+    entries = []
+    for pass_entries in per_pass:
+        for e in pass_entries:
+            if e in seen:
+                continue
+            seen.add(e)
+            entries.append(e.as_json())
+    doc = {
+        "schema": JSON_SCHEMA,
+        "schema_version": JSON_SCHEMA_VERSION,
+        "generator": f"pydkms {__version__}",
+        "entries": entries,
+    }
+    session.console.info(json.dumps(doc, separators=(", ", ": ")))
