@@ -201,7 +201,8 @@ class ConfReader:
         """Evaluate and validate. Raises DkmsError(4) if unreadable, ConfError(8) if invalid."""
         if not os.access(conf, os.R_OK) or not conf.is_file():
             raise DkmsError(4, f"Could not locate dkms.conf file: {conf} does not exist or is not readable.")
-        files = (conf, *override_files(self.etc_dir, m, v, kernel.release, kernel.arch))
+        overrides = override_files(self.etc_dir, m, v, kernel.release, kernel.arch) if m else ()
+        files = (conf, *overrides)
         context = self._context(m, v, kernel)
         try:
             result = self._evaluate(files, context, strict)
@@ -279,6 +280,7 @@ class ConfReader:
         num_modules = max_index + 1
         strip_values = values.get("STRIP", {})
         strip_arr: Dict[int, str] = dict(values.get("strip", {}))
+        records: List[ModuleRecord] = []
         for i in range(num_modules):
             built_name = values.get("BUILT_MODULE_NAME", {}).get(i, "")
             built_loc = values.get("BUILT_MODULE_LOCATION", {}).get(i, "")

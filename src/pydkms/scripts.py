@@ -67,6 +67,7 @@ def run_script(
                 step.fail(status, command)
         return status
     console.info(f"Running the {kind} script:")
+    env = {**env, "PWD": str(base)}  # the logical directory, as after upstream's `cd`
     argv = _split_value(value, base)
     argv[0] = str(base / argv[0])
     try:

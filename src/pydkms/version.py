@@ -20,10 +20,11 @@ def ver(s: str) -> str:
     '006.001.000-013-amd064'
     """
     out = []
-    for run in _RUNS.findall(s.replace(" ", "")):
-        if run[0].isdigit() and len(run) < 3:
-            run = run.rjust(3, "0")
-        out.append(run)
+    for word in s.split(" "):  # a blank separates digit runs, then disappears
+        for run in _RUNS.findall(word):
+            if run[0].isdigit() and len(run) < 3:
+                run = run.rjust(3, "0")
+            out.append(run)
     return "".join(out)
 
 
@@ -58,4 +59,5 @@ def version_sort_key(s: str) -> List[_Part]:
         else:
             key.extend((0, _char_order(c)) for c in run)
             key.append((0, 0))
+    key.append((0, 0))  # end of string sorts after '~' and before everything else
     return key

@@ -1,0 +1,7 @@
+"""``python -m pydkms`` runs the ``dkms`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
