@@ -461,10 +461,12 @@ def _check_arch_count(kernels: Sequence[str], arches: Sequence[str]) -> Optional
 
 
 def _post_parse_checks(p: _Parser) -> None:
-    """The checks of cli.md §5.1 (and the --all ban of §6), in the spec's order."""
+    """The checks of cli.md §5.1, then the --all ban of §6, in upstream 3.2's order.
+
+    The global checks (8, 1, 2, 3) come first; the ban of ``--all`` (5) is the first check of the
+    actions that reject it, before kernel_*'s "exactly one -k" (4).
+    """
     all_ = "all" in p.flags
-    if all_ and p.action in ALL_BANNED_ACTIONS:
-        raise p.error(5, f"The action {p.action} does not support the --all parameter.")
     if "binaries_only" in p.flags and "source_only" in p.flags:
         raise p.error(8, "You have specified both --binaries-only and --source-only; use at most one.")
     problem = _check_arch_count(p.kernels, p.arches)
@@ -474,6 +476,8 @@ def _post_parse_checks(p: _Parser) -> None:
         raise p.error(2, "You cannot specify a kernel version and also --all.")
     if all_ and p.arches:
         raise p.error(3, "You cannot specify an arch and also --all.")
+    if all_ and p.action in ALL_BANNED_ACTIONS:
+        raise p.error(5, f"The action {p.action} does not support the --all parameter.")
     if p.action in KERNEL_HOOK_ACTIONS and len(p.kernels) != 1:
         raise p.error(
             4,

@@ -207,29 +207,15 @@ def upstream_dkms(cache_dir: Optional[Path] = None) -> Path:
     """
     base = (cache_dir or default_cache_dir()) / "upstream"
     base.mkdir(parents=True, exist_ok=True)
-    with _locked(base / ".lock"):
-        override = os.environ.get(UPSTREAM_DEB_ENV)
-        if override:
-            deb = Path(override).resolve()
-            if not deb.is_file():
-                raise FileNotFoundError(f"{UPSTREAM_DEB_ENV}={override}: not a file")
-        else:
+    override = os.environ.get(UPSTREAM_DEB_ENV)
+    if override:
+        deb = Path(override).resolve()
+        if not deb.is_file():
+            raise FileNotFoundError(f"{UPSTREAM_DEB_ENV}={override}: not a file")
+    else:
+        with _locked(base / ".download.lock"):
             deb = _download_deb(base)
-        root = base / deb.name[: -len(".deb")]
-        script = root / "usr" / "sbin" / "dkms"
-        if not script.is_file():
-            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
-            try:
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True, capture_output=True)
-                if not (staging / "usr" / "sbin" / "dkms").is_file():
-                    raise RuntimeError(f"{deb} contains no usr/sbin/dkms")
-                if root.exists():
-                    shutil.rmtree(root)
-                staging.rename(root)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging)
-        return script
+    return extract_deb(deb, cache_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,3 +584,66 @@ def snapshot_tree(
 def format_snapshot(snapshot: Mapping[str, str]) -> str:
     """One ``path: kind`` line per entry, for printing and for readable assertion diffs."""
     return "\n".join(f"{path}: {kind}" for path, kind in snapshot.items())
+
+
+# --------------------------------------------------------------------------------------------
+# The spec's compatibility level: upstream 3.2.2 as packaged by Debian 13 (trixie)
+
+TRIXIE_MIRROR = "http://deb.debian.org/debian"
+
+
+def fetch_trixie_deb(cache_dir: Optional[Path] = None, mirror: str = TRIXIE_MIRROR) -> Path:
+    """Download trixie's ``dkms`` .deb (upstream 3.2.x) into the cache and return its path.
+
+    The file name is looked up in trixie's ``Packages`` index, so a point-release update is
+    followed automatically. Raises ``OSError`` (URLError) when the mirror cannot be reached.
+    """
+    import lzma
+    import urllib.request
+
+    base = (cache_dir or default_cache_dir()) / "upstream-trixie"
+    base.mkdir(parents=True, exist_ok=True)
+    with _locked(base / ".lock"):
+        existing = sorted(base.glob("dkms_*.deb"))
+        if existing:
+            return existing[-1]
+        with urllib.request.urlopen(f"{mirror}/dists/trixie/main/binary-all/Packages.xz", timeout=60) as resp:
+            index = lzma.decompress(resp.read()).decode("utf-8", "replace")
+        filename = None
+        for stanza in index.split("\n\n"):
+            fields = dict(
+                line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" ")
+            )
+            if fields.get("Package") == "dkms":
+                filename = fields.get("Filename")
+                break
+        if not filename:
+            raise RuntimeError("no dkms package in trixie's Packages index")
+        dest = base / Path(filename).name
+        tmp = base / f".{dest.name}.part"
+        with urllib.request.urlopen(f"{mirror}/{filename}", timeout=120) as resp, open(tmp, "wb") as fh:
+            shutil.copyfileobj(resp, fh)
+        tmp.rename(dest)
+        return dest
+
+
+def extract_deb(deb: Path, cache_dir: Optional[Path] = None) -> Path:
+    """Unpack ``deb`` once into the cache (never installed); return its ``usr/sbin/dkms``."""
+    base = (cache_dir or default_cache_dir()) / "upstream"
+    base.mkdir(parents=True, exist_ok=True)
+    with _locked(base / ".lock"):
+        root = base / deb.name[: -len(".deb")]
+        script = root / "usr" / "sbin" / "dkms"
+        if not script.is_file():
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
+            try:
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True, capture_output=True)
+                if not (staging / "usr" / "sbin" / "dkms").is_file():
+                    raise RuntimeError(f"{deb} contains no usr/sbin/dkms")
+                if root.exists():
+                    shutil.rmtree(root)
+                staging.rename(root)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging)
+        return script

@@ -751,10 +751,12 @@ def test_k_slash_a_appends_at_end_of_arch_list(in_tmp: Path) -> None:
         (["autoinstall", "--all"], 5),
         (["match", "--all", "--templatekernel", "t"], 5),
         (["kernel_preinst", "--all"], 5),
-        (["kernel_postinst", "--all", "-k", "k1"], 5),
-        (["kernel_prerm", "--all", "-k", "k1", "-k", "k2"], 5),
-        (["build", "foo/1", "--all", "--binaries-only", "--source-only"], 5),
-        (["install", "foo/1", "--all", "-a", "a", "-a", "b"], 5),
+        # the global checks come first (upstream 3.2 order): -k with --all is 2, arches 1, flags 8
+        (["kernel_postinst", "--all", "-k", "k1"], 2),
+        (["kernel_prerm", "--all", "-k", "k1", "-k", "k2"], 2),
+        (["build", "foo/1", "--all", "--binaries-only", "--source-only"], 8),
+        (["install", "foo/1", "--all", "-a", "a", "-a", "b"], 1),
+        (["install", "foo/1", "--all", "-a", "a"], 3),
         # order: 8 before 1 before 2 before 3 before 4
         (["remove", "--all", "-k", "k", "-a", "a", "-a", "b", "--binaries-only", "--source-only"], 8),
         (["remove", "--all", "-k", "k", "-a", "a", "-a", "b"], 1),
