@@ -7,20 +7,28 @@ code; a traceback is printed only with ``--debug``.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
-from . import COMPAT_VERSION, __version__, api, framework, runner
-from .cliargs import CommandLineError, Invocation, pair_kernels_arches, parse_args, prescan_framework_files, resolve_targets, usage
+from . import COMPAT_VERSION, __version__, framework, runner
+from .cliargs import (
+    CommandLineError,
+    Invocation,
+    pair_kernels_arches,
+    parse_args,
+    prescan_framework_files,
+    resolve_targets,
+    usage,
+)
 from .errors import DkmsError
-from .lock import TreeLock
 from .output import Console
 from .session import SCRUBBED_ENV, Options, Session
-from .status import StatusReader, passes_for, render_json, render_text
 from .tree import Target
+
+if TYPE_CHECKING:
+    from .lock import TreeLock
 
 MV_ACTIONS = ("add", "build", "install", "uninstall", "unbuild", "remove")
 IMPLEMENTED = (*MV_ACTIONS, "status")
@@ -30,10 +38,11 @@ def default_kernel() -> str:
     return os.uname().release
 
 
-def default_arch_for(session: Session) -> "callable[[str], str]":  # type: ignore[valid-type]
+def default_arch_for(session: Session) -> Callable[[str], str]:
     def arch(first_kernel: str) -> str:
+        machine = os.uname().machine
         if session.family.uses_uname_arch:
-            return platform.machine()
+            return machine
         kdir = session.settings.install_tree / first_kernel
         try:
             owner = runner.run(["rpm", "-qf", str(kdir)])
@@ -45,7 +54,6 @@ def default_arch_for(session: Session) -> "callable[[str], str]":  # type: ignor
                     return value
         except DkmsError:
             pass
-        machine = platform.machine()
         if machine == "x86_64":
             try:
                 cpu = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -104,6 +112,8 @@ def _session(inv: Invocation, console: Console) -> Session:
 
 
 def run_status(session: Session, inv: Invocation) -> int:
+    from .status import StatusReader, passes_for, render_json, render_text
+
     if inv.kernels:
         passes = [(k, a) for k, a in pair_kernels_arches(inv.kernels, inv.arches)]
     else:
@@ -117,6 +127,8 @@ def run_status(session: Session, inv: Invocation) -> int:
 
 
 def run_mv_action(session: Session, inv: Invocation) -> int:
+    from . import api
+
     action = inv.action
     assert action is not None
     tree = session.tree
@@ -210,6 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_status(session, inv)
         if inv.action not in IMPLEMENTED:
             raise DkmsError(1, f"The '{inv.action}' action is not implemented by this version of pydkms yet.")
+        from .lock import TreeLock
+
         lock = TreeLock(session.settings.dkms_tree, session.tree.lock_file())
         lock.acquire(console.notice)
         return run_mv_action(session, inv)

@@ -8,8 +8,6 @@ so that ``status`` needs only ``stat`` calls while nothing changed [fix D-04].
 
 from __future__ import annotations
 
-import filecmp
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -34,6 +32,8 @@ def stat_tuple(path: Path) -> Optional[StatTuple]:
 
 
 def sha256(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -63,6 +63,8 @@ def locate_installed(install_dir: Path, record: ModuleRecord, built: Path, suffi
 
 
 def same_contents(a: Path, b: Path) -> bool:
+    import filecmp
+
     try:
         return filecmp.cmp(a, b, shallow=False)
     except OSError:

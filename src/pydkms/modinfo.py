@@ -6,8 +6,6 @@ Handles plain, gzip- and xz-compressed ELF objects with the standard library; an
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import struct
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -55,6 +53,9 @@ def _elf_modinfo(data: bytes) -> Optional[List[Tuple[str, str]]]:
 
 
 def _read(path: Path) -> Optional[bytes]:
+    import gzip
+    import lzma
+
     name = path.name
     try:
         if name.endswith(".gz"):

@@ -141,6 +141,7 @@ class ConfReader:
         self.addon_modules_dir = addon_modules_dir
         self._cache: Dict[Tuple[Tuple[Path, int, int], ...], List[_CacheEntry]] = {}
         self._warned_outside: set[Path] = set()
+        self._records_cache: Dict[Tuple[int, str, str, bool], Tuple[EvalResult, ModuleConf]] = {}
         self.injections = directive_injections(os.environ, DKMS_CONF_WHITELIST)
 
     # -- raw evaluation ------------------------------------------------------------------------
@@ -197,8 +198,13 @@ class ConfReader:
         *,
         strict: bool,
         report: Optional[Reporter] = None,
+        records_only: bool = False,
     ) -> ModuleConf:
-        """Evaluate and validate. Raises DkmsError(4) if unreadable, ConfError(8) if invalid."""
+        """Evaluate and validate. Raises DkmsError(4) if unreadable, ConfError(8) if invalid.
+
+        ``records_only`` (status) skips what needs the kernel: the make command, patches and the
+        BUILD_EXCLUSIVE check are left empty, and the result is cached per evaluation result.
+        """
         if not os.access(conf, os.R_OK) or not conf.is_file():
             raise DkmsError(4, f"Could not locate dkms.conf file: {conf} does not exist or is not readable.")
         overrides = override_files(self.etc_dir, m, v, kernel.release, kernel.arch) if m else ()
@@ -225,13 +231,22 @@ class ConfReader:
                     report.warn(w)
             if result.stderr:
                 report.raw_err(result.stderr)
+        if records_only and not self.directives:
+            key = (id(result), m, v, strict)
+            cached = self._records_cache.get(key)
+            if cached is None or cached[0] is not result:
+                derived = self._derive(m, v, kernel, conf, files, {k: dict(x) for k, x in result.values.items()},
+                                       result, strict, None, records_only=True)
+                self._records_cache[key] = (result, derived)
+                return derived
+            return cached[1]
         values = {k: dict(v_) for k, v_ in result.values.items()}
         for name, value in self.directives:
             if name in DKMS_CONF_WHITELIST:
                 values.setdefault(name, {})[0] = value
         if strict and report is not None:
             self._deprecations(files, context, values, report)
-        return self._derive(m, v, kernel, conf, files, values, result, strict, report)
+        return self._derive(m, v, kernel, conf, files, values, result, strict, report, records_only=records_only)
 
     def _deprecations(
         self, files: Tuple[Path, ...], context: Dict[str, str], values: Mapping[str, Mapping[int, str]],
@@ -266,6 +281,8 @@ class ConfReader:
         result: EvalResult,
         strict: bool,
         report: Optional[Reporter],
+        *,
+        records_only: bool = False,
     ) -> ModuleConf:
         errors: List[str] = []
         name = values.get("PACKAGE_NAME", {}).get(0, "")
@@ -355,9 +372,12 @@ class ConfReader:
                 errors=tuple(f"{conf}: {e}" for e in errors),
             )
 
-        make_command = self._make_command(m, v, kernel, values, report)
-        patches = self._patches(kernel.release, values, report)
-        exclusion = self._exclusion(kernel, values, report)
+        if records_only:
+            make_command, patches, exclusion = "", (), ()
+        else:
+            make_command = self._make_command(m, v, kernel, values, report)
+            patches = self._patches(kernel.release, values, report)
+            exclusion = self._exclusion(kernel, values, report)
         deps: List[str] = []
         for element in _elements(values, "BUILD_DEPENDS"):
             deps.extend(element.split())

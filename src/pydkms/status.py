@@ -92,7 +92,9 @@ class StatusReader:
     def _conf(self, m: str, v: str, t: Target) -> Optional[ModuleConf]:
         s = self.session
         try:
-            return s.confs.read(m, v, s.kernel(t.kernel, t.arch), s.conf_file(m, v), strict=False, report=_Silent())
+            return s.confs.read(
+                m, v, s.kernel(t.kernel, t.arch), s.conf_file(m, v), strict=False, report=_Silent(), records_only=True
+            )
         except DkmsError:
             return None
 
@@ -164,7 +166,7 @@ class StatusReader:
                             t.kernel,
                             t.arch,
                             "installed" if installed else "built",
-                            original_modules=self.tree.original_module_dir(m, t.kernel, t.arch).is_dir(),
+                            original_modules=self.tree.has_original_modules(m, t.kernel, t.arch),
                             built_modules_missing=missing,
                             differs_from_installed=differs,
                         )

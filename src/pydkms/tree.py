@@ -31,7 +31,7 @@ def _sorted_bytes(names: List[str]) -> List[str]:
     return sorted(names, key=os.fsencode)
 
 
-def _listdir(path: Path) -> List[str]:
+def _listdir(path: "Path | str") -> List[str]:
     try:
         return os.listdir(path)
     except OSError:
@@ -122,24 +122,30 @@ class Tree:
         return self.dkms_tree / "post_transaction.log"
 
     # ---- predicates (tree.md §4) -------------------------------------------------------------
+    # Written with os.path on strings: status asks these for every line, and pathlib is slow.
+    def _v(self, m: str, v: str) -> str:
+        return os.path.join(self.dkms_tree, m, v)
+
     def is_added(self, m: str, v: str) -> bool:
-        link = self.source_link(m, v)
-        return _is_dir(self.version_dir(m, v)) and link.is_symlink() and _is_dir(link)
+        vdir = self._v(m, v)
+        link = os.path.join(vdir, "source")
+        return os.path.isdir(vdir) and os.path.islink(link) and os.path.isdir(link)
 
     def is_broken(self, m: str, v: str) -> bool:
-        if not _is_dir(self.version_dir(m, v)):
+        vdir = self._v(m, v)
+        if not os.path.isdir(vdir):
             return False
-        link = self.source_link(m, v)
-        if link.is_symlink():
-            return not _is_dir(link)
-        return _is_dir(self.source_dir(m, v))
+        link = os.path.join(vdir, "source")
+        if os.path.islink(link):
+            return not os.path.isdir(link)
+        return os.path.isdir(os.path.join(self.source_tree, f"{m}-{v}"))
 
     def is_built(self, m: str, v: str, k: str, a: str) -> bool:
-        return _is_dir(self.built_module_dir(m, v, k, a))
+        return os.path.isdir(os.path.join(self.dkms_tree, m, v, k, a, "module"))
 
     def installed_version(self, m: str, k: str, a: str) -> Optional[str]:
         """The version whose build the kernel-K-A link resolves to, if any."""
-        link = self.kernel_link(m, k, a)
+        link = os.path.join(self.dkms_tree, m, f"kernel-{k}-{a}")
         try:
             target = os.readlink(link)
         except OSError:
@@ -149,18 +155,20 @@ class Tree:
         if len(parts) == 3 and parts[1] == k and parts[2] == a and parts[0] not in ("", ".", ".."):
             v = parts[0]
             return v if self.is_built(m, v, k, a) else None
-        resolved = Path(os.path.realpath(link))
-        mdir = Path(os.path.realpath(self.module_dir(m)))
-        try:
-            rel = resolved.relative_to(mdir).parts
-        except ValueError:
-            return None
-        if len(rel) == 3 and rel[1] == k and rel[2] == a and self.is_built(m, rel[0], k, a):
+        resolved = os.path.realpath(link)
+        mdir = os.path.realpath(os.path.join(self.dkms_tree, m))
+        rel = os.path.relpath(resolved, mdir).split(os.sep)
+        if len(rel) == 3 and rel[0] not in ("..", ".") and rel[1] == k and rel[2] == a and self.is_built(
+            m, rel[0], k, a
+        ):
             return rel[0]
         return None
 
     def is_installed(self, m: str, v: str, k: str, a: str) -> bool:
         return self.is_built(m, v, k, a) and self.installed_version(m, k, a) == v
+
+    def has_original_modules(self, m: str, k: str, a: str) -> bool:
+        return os.path.isdir(os.path.join(self.dkms_tree, m, "original_module", k, a))
 
     def is_binaries_only_stub(self, m: str, v: str) -> bool:
         return (self.source_dir(m, v) / BINARIES_ONLY_MARKER).exists()
@@ -198,20 +206,20 @@ class Tree:
         self, m: str, v: str, k_pattern: Optional[str] = None, a_pattern: Optional[str] = None
     ) -> List[Target]:
         """Every built (K, A) of m/v in byte order of K then A [fix D-21]."""
-        vdir = self.version_dir(m, v)
+        vdir = os.path.join(self.dkms_tree, m, v)
         out: List[Target] = []
-        for k in _sorted_bytes(_listdir(vdir)):
+        for k in _sorted_bytes(_listdir(vdir)):  # type: ignore[arg-type]
             if k.startswith(".") or k in RESERVED_VERSION_ENTRIES:
                 continue
             if k_pattern and not fnmatch.fnmatchcase(k, k_pattern):
                 continue
-            kdir = vdir / k
-            for a in _sorted_bytes(_listdir(kdir)):
+            kdir = os.path.join(vdir, k)
+            for a in _sorted_bytes(_listdir(kdir)):  # type: ignore[arg-type]
                 if a.startswith("."):
                     continue
                 if a_pattern and not fnmatch.fnmatchcase(a, a_pattern):
                     continue
-                if _is_dir(kdir / a / "module"):
+                if os.path.isdir(os.path.join(kdir, a, "module")):
                     out.append(Target(k, a))
         return out
 

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Benchmarks: pydkms against upstream dkms on twin trees, printing times and ratios.
+
+    .venv/bin/python bench/bench.py [--runs N] [--upstream bookworm|trixie|both] [--only status|build]
+
+1. ``status`` on 30 modules x 3 kernels (90 lines). The trees are populated from one real build
+   per kernel copied under 30 names, so setting up takes seconds. pydkms is timed twice: on the
+   tree upstream reads (no install fingerprints: the first status after switching from upstream)
+   and on the same tree with the fingerprints ``dkms install`` writes.
+2. ``build`` + ``install`` of one module for one kernel, against the bare ``make`` it runs
+   (``make -jN KERNELRELEASE=K -C /lib/modules/K/build M=<copy> modules`` on a fresh copy).
+   Reported as overhead = median(dkms) - median(make). Upstream runs in a private mount namespace
+   (it would otherwise write /var/lib/dkms/mok.key and run depmod on the real /lib/modules); the
+   namespace's own cost, measured with ``true``, is subtracted from upstream's times.
+
+Targets (issue 2): status at least 30x faster than upstream; pydkms adds at most 50 ms to a
+build + install beyond the make itself (upstream adds about 300 ms).
+Nothing here asserts: it measures and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from tests.support.upstream import (  # noqa: E402
+    extract_deb,
+    fetch_trixie_deb,
+    isolation_unavailable,
+    run_isolated,
+    upstream_dkms,
+)
+
+ARCH = os.uname().machine
+HELLO = REPO / "examples" / "hello"
+ENV = {**os.environ, "LC_ALL": "C", "PYTHONPATH": str(REPO / "src")}
+ENV.pop("PYDKMS_SYSCONFDIR", None)
+
+
+def kernels_with_headers() -> List[str]:
+    from pydkms.version import version_sort_key
+
+    base = Path("/lib/modules")
+    ks = [p.name for p in base.iterdir() if (p / "build" / "include").is_dir()]
+    return sorted(ks, key=version_sort_key, reverse=True)
+
+
+def pydkms_cmd(*args: str) -> List[str]:
+    return [sys.executable, "-m", "pydkms", *args]
+
+
+def time_runs(fn: Callable[[], None], runs: int, prepare: Optional[Callable[[], None]] = None) -> List[float]:
+    times = []
+    for _ in range(runs):
+        if prepare:
+            prepare()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run(argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), env=ENV, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def fmt(times: Sequence[float]) -> str:
+    med = statistics.median(times)
+    return f"median {med * 1000:8.1f} ms  (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}, n={len(times)})"
+
+
+class Trees:
+    def __init__(self, root: Path, kernels: Sequence[str]) -> None:
+        self.root = root
+        self.dkms, self.src, self.lib = root / "dkms", root / "src", root / "lib" / "modules"
+        for d in (self.dkms, self.src, self.lib):
+            d.mkdir(parents=True, exist_ok=True)
+        for k in kernels:
+            (self.lib / k).mkdir(exist_ok=True)
+            if not (self.lib / k / "build").exists():
+                (self.lib / k / "build").symlink_to(f"/lib/modules/{k}/build")
+
+    def args(self) -> List[str]:
+        return ["--dkmstree", str(self.dkms), "--sourcetree", str(self.src), "--installtree", str(self.lib)]
+
+
+# ---- 1. status ----------------------------------------------------------------------------------
+def populate_status_tree(trees: Trees, template: Dict[str, Path], n: int, fingerprints: bool) -> None:
+    from pydkms.installed import fingerprint_for, write_fingerprint
+    from pydkms.moduleconf import ModuleRecord
+
+    for i in range(n):
+        name = f"hm{i:02d}"
+        src = trees.src / f"{name}-1.0"
+        src.mkdir()
+        shutil.copy(HELLO / "hello.c", src / f"{name}.c")
+        (src / "Kbuild").write_text(f"obj-m := {name}.o\n")
+        (src / "dkms.conf").write_text(
+            f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
+            'DEST_MODULE_LOCATION[0]="/updates/dkms"\nAUTOINSTALL="yes"\n'
+        )
+        vdir = trees.dkms / name / "1.0"
+        vdir.mkdir(parents=True)
+        (vdir / "source").symlink_to(src)
+        for k, ko in template.items():
+            target = vdir / k / ARCH
+            (target / "module").mkdir(parents=True)
+            (target / "log").mkdir()
+            shutil.copy(ko, target / "module" / f"{name}.ko")
+            shutil.copy(ko.parent.parent / "log" / "make.log", target / "log" / "make.log")
+            (trees.dkms / name / f"kernel-{k}-{ARCH}").symlink_to(f"1.0/{k}/{ARCH}")
+            dest = trees.lib / k / "updates" / "dkms"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ko, dest / f"{name}.ko")
+            if fingerprints:
+                record = ModuleRecord(0, name, "", name, "/updates/dkms", "/updates/dkms", True)
+                entry = fingerprint_for(record, target / "module" / f"{name}.ko", dest / f"{name}.ko")
+                assert entry is not None
+                write_fingerprint(target, [entry])
+
+
+def bench_status(work: Path, upstreams: Dict[str, Path], kernels: Sequence[str], runs: int) -> None:
+    print(f"\n== status: 30 modules x {len(kernels)} kernels ({30 * len(kernels)} lines)")
+    tpl = Trees(work / "template", kernels)
+    shutil.copytree(HELLO, tpl.src / "hello-1.0")
+    run(pydkms_cmd("build", "hello/1.0", *[a for k in kernels for a in ("-k", k)], *tpl.args()))
+    template = {k: tpl.dkms / "hello" / "1.0" / k / ARCH / "module" / "hello.ko" for k in kernels}
+
+    plain = Trees(work / "status-plain", kernels)
+    populate_status_tree(plain, template, 30, fingerprints=False)
+    fp = Trees(work / "status-fingerprinted", kernels)
+    populate_status_tree(fp, template, 30, fingerprints=True)
+
+    expected = run(pydkms_cmd("status", *fp.args())).stdout
+    assert expected.count("\n") == 30 * len(kernels), expected
+    results: Dict[str, List[float]] = {}
+    results["pydkms (fingerprints)"] = time_runs(lambda: run(pydkms_cmd("status", *fp.args())), runs)
+    results["pydkms (tree from upstream)"] = time_runs(lambda: run(pydkms_cmd("status", *plain.args())), runs)
+    for name, script in upstreams.items():
+        out = run(["bash", str(script), "status", *plain.args()]).stdout
+        same = "same lines" if out == expected else "LINES DIFFER"
+        results[f"upstream {name} ({same})"] = time_runs(
+            lambda s=script: run(["bash", str(s), "status", *plain.args()]), max(2, runs // 3)
+        )
+    for label, times in results.items():
+        print(f"  {label:40s} {fmt(times)}")
+    for label, times in results.items():
+        if label.startswith("upstream"):
+            for mine in ("pydkms (fingerprints)", "pydkms (tree from upstream)"):
+                ratio = statistics.median(times) / statistics.median(results[mine])
+                print(f"  ratio {label.split(' (')[0]} / {mine}: {ratio:6.1f}x")
+
+
+# ---- 2. build + install --------------------------------------------------------------------------
+def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) -> None:
+    jobs = str(os.cpu_count() or 1)
+    print(f"\n== build + install of one module for {kernel} (make -j{jobs})")
+    raw = work / "raw"
+    results: Dict[str, List[float]] = {}
+
+    def fresh_copy() -> None:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.copytree(HELLO, raw)
+
+    def bare_make() -> None:
+        run(["make", f"-j{jobs}", f"KERNELRELEASE={kernel}", "-C", f"/lib/modules/{kernel}/build", f"M={raw}", "modules"])
+
+    mine = Trees(work / "build-pydkms", [kernel])
+    shutil.copytree(HELLO, mine.src / "hello-1.0")
+    subprocess.run(["depmod", "-b", str(mine.root), kernel], check=True)
+    run(pydkms_cmd("add", "hello/1.0", *mine.args()))
+
+    def pydkms_install() -> None:
+        run(pydkms_cmd("install", "hello/1.0", "-k", kernel, *mine.args()))
+
+    def pydkms_reset() -> None:
+        run(pydkms_cmd("unbuild", "hello/1.0", "-k", kernel, *mine.args()))
+
+    pydkms_install()  # warm caches once
+    pydkms_reset()
+    fresh_copy()
+    bare_make()
+    series: List[Tuple[str, Callable[[], None], Callable[[], None]]] = [
+        ("bare make", bare_make, fresh_copy),
+        ("pydkms build+install", pydkms_install, pydkms_reset),
+    ]
+
+    iso_overhead = 0.0
+    if upstreams:
+        iso = time_runs(lambda: run_isolated(["true"]), 5)
+        iso_overhead = statistics.median(iso)
+        print(f"  (namespace overhead for upstream runs: {iso_overhead * 1000:.1f} ms, subtracted)")
+    for name, script in upstreams.items():
+        t = Trees(work / f"build-upstream-{name}", [kernel])
+        shutil.copytree(HELLO, t.src / "hello-1.0")
+        var_lib = work / f"varlib-{name}"
+        var_lib.mkdir()
+
+        def up(*args: str, s: Path = script, tr: Trees = t, vl: Path = var_lib) -> None:
+            p = run_isolated(["bash", str(s), *args, *tr.args()], var_lib_dkms=vl, env={"LC_ALL": "C"})
+            if p.returncode != 0:
+                raise RuntimeError(f"upstream {' '.join(args)} failed:\n{p.stdout}{p.stderr}")
+
+        up("add", "hello/1.0")
+        up("install", "hello/1.0", "-k", kernel)  # first build creates the MOK key; not timed
+        up("unbuild", "hello/1.0", "-k", kernel)
+        series.append(
+            (
+                f"upstream {name} build+install",
+                lambda up=up: up("install", "hello/1.0", "-k", kernel),
+                lambda up=up: up("unbuild", "hello/1.0", "-k", kernel),
+            )
+        )
+    for label, _fn, _prep in series:
+        results[label] = []
+    for _ in range(runs):  # interleaved, so drift hits every series alike
+        for label, fn, prep in series:
+            results[label].extend(time_runs(fn, 1, prep))
+    for label in results:
+        if label.startswith("upstream"):
+            results[label] = [x - iso_overhead for x in results[label]]
+        print(f"  {label:40s} {fmt(results[label])}")
+    base = statistics.median(results["bare make"])
+    for label, times in results.items():
+        if label != "bare make":
+            print(f"  overhead of {label:29s} {(statistics.median(times) - base) * 1000:+8.1f} ms over bare make")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--upstream", choices=("bookworm", "trixie", "both", "none"), default="both")
+    ap.add_argument("--only", choices=("status", "build"))
+    opts = ap.parse_args()
+    kernels = kernels_with_headers()
+    if not kernels:
+        print("no kernel headers installed (run ./tools/test or ./tools/demo first)")
+        return 1
+    upstreams: Dict[str, Path] = {}
+    if opts.upstream in ("bookworm", "both"):
+        upstreams["3.0.10"] = upstream_dkms()
+    if opts.upstream in ("trixie", "both"):
+        upstreams["3.2.2"] = extract_deb(fetch_trixie_deb())
+    reason = isolation_unavailable()
+    if reason:
+        print(f"cannot isolate upstream ({reason}); upstream build timings skipped")
+    with tempfile.TemporaryDirectory(prefix="pydkms-bench-") as tmp:
+        work = Path(tmp)
+        if opts.only in (None, "status"):
+            bench_status(work, upstreams, kernels[:3], opts.runs)
+        if opts.only in (None, "build"):
+            bench_build(work, {} if reason else upstreams, kernels[0], opts.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
