@@ -56,6 +56,9 @@ class EvalRequest:
     mode: EvalMode = EvalMode.AUTO
     #: only matters in DATA mode: strict -> OutsideSubsetError; non-strict -> skip with warnings.
     strict: bool = True
+    #: seconds one bash process may take (None: ``bash.DEFAULT_TIMEOUT``, 60 s); then
+    #: :class:`BashTimeoutError` is raised.
+    timeout: Optional[float] = None
     #: values whitelisted names hold before the first file (framework files start from the
     #: built-in defaults); empty for dkms.conf, whose names are all unset first.
     initial: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
@@ -84,14 +87,20 @@ class OutsideSubsetError(Exception):
         self.construct = construct
 
 
-from .protocol import evaluate  # noqa: E402
+from .bash import BashEvaluationError, BashTimeoutError  # noqa: E402
+from .protocol import DKMS_CONF_WHITELIST, FRAMEWORK_KEYS, evaluate, evaluate_many  # noqa: E402
 
 __all__ = [
+    "DKMS_CONF_WHITELIST",
+    "FRAMEWORK_KEYS",
     "Arrays",
+    "BashEvaluationError",
+    "BashTimeoutError",
     "Construct",
     "EvalMode",
     "EvalRequest",
     "EvalResult",
     "OutsideSubsetError",
     "evaluate",
+    "evaluate_many",
 ]

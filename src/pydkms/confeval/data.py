@@ -13,6 +13,18 @@ It reproduces upstream's ``safe_source`` protocol (spec §2.1) exactly for files
 
 Everything that cannot be reproduced exactly is reported as a :class:`Construct` ("outside the
 subset"), never guessed. Nothing here executes code or starts a process.
+
+Details verified against bash 5.2 (and exercised by the differential tests):
+
+* the echo step splits ``NAME[i]="<value>"`` as a whole, so leading/trailing blanks of a value
+  collapse to ONE space (``" a  b "`` -> ``" a b "``, ``"   "`` -> ``" "``), they are not dropped;
+* the parent only assigns the printed elements: an override file doing ``X=(z)`` or ``unset X``
+  leaves the elements X[1].. (resp. all of X) of the earlier files in place (spec §2.1 says
+  ``X=(…)`` replaces the whole array: bash does not);
+* the first field (``NAME[i]="...``) and the last (``..."``) take part in pathname expansion; a
+  file name matching them changes the printed line itself, which is reported as outside;
+* ``export A=1 B=$A`` expands every argument before assigning (B gets the old A), while
+  ``A=1 B=$A`` assigns left to right.
 """
 
 from __future__ import annotations
@@ -55,13 +67,77 @@ _PROTOCOL_PREFIXES = ("_pydkms",)
 
 #: Variables bash sets, computes or interprets itself (bash 5.x), never plain data.
 BASH_NAMES = frozenset(
-    """BASH BASHOPTS BASHPID CDPATH CHILD_MAX COLUMNS COMPREPLY COPROC DIRSTACK EMACS ENV
-    EPOCHREALTIME EPOCHSECONDS EUID EXECIGNORE FCEDIT FIGNORE FUNCNAME FUNCNEST GLOBIGNORE GLOBSORT
-    GROUPS HISTCMD HISTCONTROL HISTFILE HISTFILESIZE HISTIGNORE HISTSIZE HISTTIMEFORMAT HOSTFILE
-    HOSTTYPE IFS IGNOREEOF INPUTRC INSIDE_EMACS LINENO LINES MACHTYPE MAIL MAILCHECK MAILPATH MAPFILE
-    OLDPWD OPTARG OPTERR OPTIND OSTYPE PIPESTATUS POSIXLY_CORRECT PPID PROMPT_COMMAND PROMPT_DIRTRIM
-    PS0 PS1 PS2 PS3 PS4 PWD RANDOM REPLY SECONDS SHELLOPTS SHLVL SRANDOM TIMEFORMAT TMOUT UID
-    auto_resume histchars""".split()
+    [
+        "BASH",
+        "BASHOPTS",
+        "BASHPID",
+        "CDPATH",
+        "CHILD_MAX",
+        "COLUMNS",
+        "COMPREPLY",
+        "COPROC",
+        "DIRSTACK",
+        "EMACS",
+        "ENV",
+        "EPOCHREALTIME",
+        "EPOCHSECONDS",
+        "EUID",
+        "EXECIGNORE",
+        "FCEDIT",
+        "FIGNORE",
+        "FUNCNAME",
+        "FUNCNEST",
+        "GLOBIGNORE",
+        "GLOBSORT",
+        "GROUPS",
+        "HISTCMD",
+        "HISTCONTROL",
+        "HISTFILE",
+        "HISTFILESIZE",
+        "HISTIGNORE",
+        "HISTSIZE",
+        "HISTTIMEFORMAT",
+        "HOSTFILE",
+        "HOSTTYPE",
+        "IFS",
+        "IGNOREEOF",
+        "INPUTRC",
+        "INSIDE_EMACS",
+        "LINENO",
+        "LINES",
+        "MACHTYPE",
+        "MAIL",
+        "MAILCHECK",
+        "MAILPATH",
+        "MAPFILE",
+        "OLDPWD",
+        "OPTARG",
+        "OPTERR",
+        "OPTIND",
+        "OSTYPE",
+        "PIPESTATUS",
+        "POSIXLY_CORRECT",
+        "PPID",
+        "PROMPT_COMMAND",
+        "PROMPT_DIRTRIM",
+        "PS0",
+        "PS1",
+        "PS2",
+        "PS3",
+        "PS4",
+        "PWD",
+        "RANDOM",
+        "REPLY",
+        "SECONDS",
+        "SHELLOPTS",
+        "SHLVL",
+        "SRANDOM",
+        "TIMEFORMAT",
+        "TMOUT",
+        "UID",
+        "auto_resume",
+        "histchars",
+    ]
 )
 _BASH_PREFIXES = ("BASH_", "COMP_", "READLINE_")
 
@@ -80,11 +156,7 @@ def is_reserved(name: str) -> bool:
 
 
 def _no_assign(name: str) -> bool:
-    return (
-        is_reserved(name)
-        or name in ("LANG", "LANGUAGE")
-        or name.startswith("LC_")
-    )
+    return is_reserved(name) or name in ("LANG", "LANGUAGE") or name.startswith("LC_")
 
 
 def valid_name(name: str) -> bool:
@@ -117,7 +189,7 @@ class Lit(NamedTuple):
 
 class Param(NamedTuple):
     name: str
-    index: int
+    idx: int
     op: str  # '' ':-' '-' ':+' '+' '#' '##' '%' '%%'
     arg: Optional[Tuple[Union[Lit, Param], ...]]
     dq: bool  # inside double quotes
@@ -130,7 +202,7 @@ Word = Tuple[Part, ...]
 
 class Assign(NamedTuple):
     name: str
-    index: int
+    idx: int
     append: bool
     value: Word
 
@@ -159,7 +231,7 @@ class Export(NamedTuple):
 
 class UnsetTarget(NamedTuple):
     name: str
-    index: Optional[int]
+    idx: Optional[int]
     globbed: bool  # unquoted NAME[N]: bash applies pathname expansion to it
     text: str
 
@@ -203,7 +275,30 @@ _WORD_END = frozenset(" \t\n;&|<>()")
 _META = frozenset("&|<>()")
 
 _RESERVED_WORDS = frozenset(
-    "if then else elif fi case esac for select while until do done in function time { } ! [[ ]] coproc".split()
+    [
+        "if",
+        "then",
+        "else",
+        "elif",
+        "fi",
+        "case",
+        "esac",
+        "for",
+        "select",
+        "while",
+        "until",
+        "do",
+        "done",
+        "in",
+        "function",
+        "time",
+        "{",
+        "}",
+        "!",
+        "[[",
+        "]]",
+        "coproc",
+    ]
 )
 
 # word contexts
@@ -522,6 +617,7 @@ class _Parser:
 
     def _dq_body(self, closing: bool) -> List[Part]:
         """Contents of a double-quoted string; with ``closing`` up to and including the '"'."""
+        opening = self.i - 1
         parts: List[Part] = []
         buf: List[str] = []
 
@@ -535,7 +631,7 @@ class _Parser:
             pos = self.i
             if c == "":
                 if closing:
-                    raise _Outside(pos, "unterminated double quote")
+                    raise _Outside(opening, "unterminated double quote")
                 break
             if c == '"':
                 if not closing:
@@ -715,8 +811,8 @@ class _Parser:
             elif c == "`":
                 raise _Outside(pos, "command substitution `...`")
             else:
-                if ctx == _BRACE and (c in "~{" or c in _WORD_END):
-                    raise _Outside(pos, f"`{c!s}` inside `${{...}}`".replace("\n", "newline"))
+                if ctx == _BRACE and (c in "~{" or (c in _WORD_END and c not in " \t()|")):
+                    raise _Outside(pos, "`{}` inside `${{...}}`".format("newline" if c == "\n" else c))
                 if ctx == _DQ_BRACE and c == "{":
                     raise _Outside(pos, "`{` inside `${...}`")
                 buf.append(c)
@@ -735,8 +831,31 @@ def parse_dq_content(text: str) -> Word:
 # Skimmer: finds where a statement outside the subset ends (whole compound commands)
 
 _OPS = sorted(
-    [";;&", ";;", ";&", "&&", "||", "|&", "&>>", "&>", ">>", ">&", ">|", "<<<", "<<-", "<<", "<&", "<>",
-     ";", "&", "|", "<", ">", "(", ")"],
+    [
+        ";;&",
+        ";;",
+        ";&",
+        "&&",
+        "||",
+        "|&",
+        "&>>",
+        "&>",
+        ">>",
+        ">&",
+        ">|",
+        "<<<",
+        "<<-",
+        "<<",
+        "<&",
+        "<>",
+        ";",
+        "&",
+        "|",
+        "<",
+        ">",
+        "(",
+        ")",
+    ],
     key=len,
     reverse=True,
 )
@@ -804,7 +923,7 @@ class _Skimmer:
                 if depth == 0:
                     return k
             elif c in "'\"`\\$":
-                k = self._skip_quoted(k) if not (c == "$" and s.startswith(open_c, k + 1) is False and False) else k + 1
+                k = self._skip_quoted(k)
             else:
                 k += 1
         return n
@@ -839,7 +958,9 @@ class _Skimmer:
             if c in " \t\n;&|<>()":
                 if c == "(" and k > j:
                     prev = s[k - 1]
-                    if prev in "?*+@!" or (prev == "=" and re.match(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=\Z", s[j:k])):
+                    if prev in "?*+@!" or (
+                        prev == "=" and re.match(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=\Z", s[j:k])
+                    ):
                         k = self._balanced(k, "(", ")")
                         continue
                 break
@@ -869,34 +990,37 @@ class _Skimmer:
         cmdpos = True
         cont = False
         need_body = False
-        func_state = 0  # 1: saw name at cmdpos, 2: saw '(' after it
+        fn = 0  # 1: command word (function name?), 2: saw its '(', 3: after `function`
         heredocs: List[Tuple[str, bool]] = []
-        pending_heredoc: Optional[bool] = None
+        pending: Optional[bool] = None
+        skip_word = False
         j = start
         while True:
             kind, text, j = self.token(j)
             if kind == "EOF":
                 return self.n
-            if pending_heredoc is not None and kind == "WORD":
-                delim = re.sub(r"[\"'\\]", "", text)
-                heredocs.append((delim, pending_heredoc))
-                pending_heredoc = None
-                cmdpos = False
-                continue
+            if pending is not None:
+                if kind == "WORD":
+                    heredocs.append((re.sub(r"[\"'\\]", "", text), pending))
+                    pending = None
+                    continue
+                pending = None
+            top = stack[-1] if stack else None
+            in_pat = top is not None and top[0] == "esac" and top[1] == "pat"
             if kind == "NL":
                 if heredocs:
                     j = self._heredoc_end(j, heredocs)
                     heredocs = []
+                fn = 0
                 if not stack and not cont and not need_body:
                     return j
-                if not (stack and stack[-1][0] == "esac" and stack[-1][1] == "pat"):
+                if not in_pat:
                     cmdpos = True
                 continue
-            top = stack[-1] if stack else None
-            in_pat = top is not None and top[0] == "esac" and top[1] == "pat"
             if kind == "OP":
                 if text in ("<<", "<<-"):
-                    pending_heredoc = text == "<<-"
+                    pending = text == "<<-"
+                    fn = 0
                     continue
                 if in_pat:
                     if text == ")":
@@ -904,6 +1028,15 @@ class _Skimmer:
                         top[1] = "body"
                         cmdpos = True
                     continue
+                if fn == 1 and text == "(":
+                    fn = 2
+                    continue
+                if fn == 2 and text == ")":
+                    fn = 0
+                    need_body = True
+                    cmdpos = True
+                    continue
+                fn = 0
                 if text in (";", "&"):
                     if not stack and not need_body:
                         return j
@@ -915,96 +1048,83 @@ class _Skimmer:
                         if entry[0] == "esac":
                             entry[1] = "pat"
                             break
+                    cmdpos = False
                     continue
                 if text in ("&&", "||", "|", "|&"):
                     cont = True
                     cmdpos = True
                     continue
                 if text == "(":
-                    if func_state == 1:
-                        func_state = 2
-                        continue
                     stack.append([")", ""])
                     cmdpos = True
                     need_body = False
                     continue
                 if text == ")":
-                    if func_state == 2:
-                        func_state = 0
-                        need_body = True
-                        cmdpos = True
-                        continue
-                    if stack and stack[-1][0] == ")":
+                    if top is not None and top[0] == ")":
                         stack.pop()
                     cmdpos = False
                     continue
-                cmdpos = False
+                skip_word = True  # redirection: the next word is its target
                 continue
             # WORD
             cont = False
-            func_state = 0 if func_state != 1 else func_state
+            if skip_word:
+                skip_word = False
+                continue
             if in_pat:
                 if text == "esac":
                     stack.pop()
                     cmdpos = False
-                elif top is not None and top[1] == "in":
-                    pass
                 continue
             if top is not None and top[0] == "esac" and top[1] == "word":
                 if text == "in":
                     top[1] = "pat"
                 continue
+            if fn == 3:
+                fn = 1
+                need_body = True
+                cmdpos = True
+                continue
             if cmdpos and text in _RESERVED_WORDS:
+                fn = 0
+                if text in ("fi", "esac", "done", "}"):
+                    if top is not None and top[0] == text:
+                        stack.pop()
+                    cmdpos = False
+                    continue
+                need_body = False
                 if text == "if":
                     stack.append(["fi", ""])
                 elif text == "case":
                     stack.append(["esac", "word"])
                     cmdpos = False
-                    need_body = False
                     continue
-                elif text in ("for", "while", "until", "select"):
+                elif text in ("for", "select"):
                     stack.append(["done", ""])
-                    if text in ("for", "select"):
-                        cmdpos = False
-                        need_body = False
-                        continue
+                    cmdpos = False
+                    continue
+                elif text in ("while", "until"):
+                    stack.append(["done", ""])
                 elif text == "{":
                     stack.append(["}", ""])
                 elif text == "[[":
                     stack.append(["]]", ""])
                     cmdpos = False
-                    need_body = False
-                    continue
-                elif text in ("fi", "esac", "done", "}"):
-                    if stack and stack[-1][0] == text:
-                        stack.pop()
-                    cmdpos = False
                     continue
                 elif text == "function":
-                    func_state = 3
+                    fn = 3
                     cmdpos = False
                     continue
-                need_body = False
                 cmdpos = True
                 continue
-            if text == "]]" and stack and stack[-1][0] == "]]":
+            if text == "]]" and top is not None and top[0] == "]]":
                 stack.pop()
                 cmdpos = False
                 continue
-            if func_state == 3:
-                func_state = 1
-                need_body = True
-                cmdpos = True
+            if cmdpos and _ASSIGN_RE.match(text):
                 continue
-            if cmdpos and not re.match(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=", text):
-                func_state = 1
-                cmdpos = False
-                continue
-            if not cmdpos:
-                func_state = 0
-            # an assignment keeps the command position
-            if not re.match(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=", text):
-                cmdpos = False
+            fn = 1 if cmdpos else 0
+            cmdpos = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -1114,6 +1234,7 @@ class Evaluation:
         injections: Sequence[Tuple[str, str]],
         lenient: bool,
         dircache: Optional[_glob.DirCache] = None,
+        initial: Optional[Mapping[str, Mapping[int, str]]] = None,
     ) -> None:
         self.whitelist = tuple(whitelist)
         self.environ = environ
@@ -1127,9 +1248,12 @@ class Evaluation:
         self.outside: Optional[Construct] = None
         self.ctx_objs: Dict[str, Arr] = {k: {0: v} for k, v in context.items()}
         self.parent: Dict[str, Arr] = {w: {} for w in self.whitelist}
+        for name, arr in (initial or {}).items():
+            self.parent[name] = {int(i): v for i, v in arr.items()}
         self.parent.update(self.ctx_objs)
         self.origins: Dict[str, Tuple[Path, int]] = {}
         self._file: Optional[ParsedFile] = None
+        self._where: str = "?"
 
     # -- variables
 
@@ -1143,7 +1267,9 @@ class Evaluation:
         val = self.environ.get(name)
         if val is None:
             if name in COND_BASH_NAMES:
-                raise _Outside(pos, f"reference to `${name}` (bash sets it when it is not in the environment)")
+                raise _Outside(
+                    pos, f"reference to `${name}` (bash sets it when it is not in the environment)"
+                )
             return None
         return {0: val}
 
@@ -1151,12 +1277,12 @@ class Evaluation:
         if name in self.warned:
             return
         self.warned.add(name)
-        where = f"{self._file.path}:{self._file.line_of(pos)}" if self._file is not None and pos >= 0 else "?"
+        where = f"{self._file.path}:{self._file.line_of(pos)}" if self._file is not None else self._where
         self.warnings.append(f"{where}: uses ${name} which is not set")
 
     def _param(self, scope: Dict[str, Arr], p: Param) -> str:
         arr = self._lookup(scope, p.name, p.pos)
-        val = arr.get(p.index) if arr else None
+        val = arr.get(p.idx) if arr else None
         op = p.op
         if not op:
             if val is None:
@@ -1198,7 +1324,7 @@ class Evaluation:
                 out.append(_esc(v) if q else v)
                 continue
             arr = self._lookup(scope, p.name, p.pos)
-            val = arr.get(p.index) if arr else None
+            val = arr.get(p.idx) if arr else None
             if p.op == ":-":
                 use_arg, res = (False, val) if val else (True, "")
             elif p.op == "-":
@@ -1215,59 +1341,49 @@ class Evaluation:
 
     # -- subshell statements
 
-    def _set(self, scope: Dict[str, Arr], owned: Set[str], name: str, index: int, value: str, append: bool) -> None:
-        if name not in owned:
-            arr = scope.get(name)
-            if arr is None:
-                env = self.environ.get(name)
-                self.deps.add(name)
-                arr = {} if env is None else {0: env}
-            elif self.ctx_objs.get(name) is arr and append:
-                self.deps.add(name)
-            arr = dict(arr)
-            scope[name] = arr
-            owned.add(name)
+    def _own(self, scope: Dict[str, Arr], owned: Set[str], name: str) -> Arr:
+        """The subshell's own (writable) array for ``name``."""
+        if name in owned:
+            return scope[name]
+        arr = scope.get(name)
+        if arr is None:
+            self.deps.add(name)
+            env = self.environ.get(name)
+            new: Arr = {} if env is None else {0: env}
         else:
-            arr = scope[name]
-        if append:
-            arr[index] = arr.get(index, "") + value
-        else:
-            arr[index] = value
+            if self.ctx_objs.get(name) is arr:
+                self.deps.add(name)
+            new = dict(arr)
+        scope[name] = new
+        owned.add(name)
+        return new
 
     def _exec(self, scope: Dict[str, Arr], owned: Set[str], st: Statement, pf: ParsedFile) -> None:
         line = pf.line_of(st.pos)
         if isinstance(st, Simple):
             for a in st.assigns:
                 if isinstance(a, Assign):
-                    self._set(scope, owned, a.name, a.index, self._word(scope, a.value), a.append)
+                    value = self._word(scope, a.value)
+                    arr = self._own(scope, owned, a.name)
+                    arr[a.idx] = (arr.get(a.idx, "") + value) if a.append else value
                 else:
                     values = [(idx, self._word(scope, w)) for idx, w in a.elems]
                     if a.append:
-                        cur = scope.get(a.name)
-                        if cur is None:
-                            self._set(scope, owned, a.name, 0, "", True)
-                            cur = scope[a.name]
-                            if cur.get(0) == "":
-                                del cur[0]
-                        nxt = (max(cur) + 1) if cur else 0
-                        for idx, v in values:
-                            i = nxt if idx is None else idx
-                            self._set(scope, owned, a.name, i, v, False)
-                            nxt = i + 1
+                        arr = self._own(scope, owned, a.name)
                     else:
-                        scope[a.name] = {}
+                        arr = {}
+                        scope[a.name] = arr
                         owned.add(a.name)
-                        nxt = 0
-                        arr = scope[a.name]
-                        for idx, v in values:
-                            i = nxt if idx is None else idx
-                            arr[i] = v
-                            nxt = i + 1
+                    nxt = (max(arr) + 1) if arr else 0
+                    for idx, v in values:
+                        i = nxt if idx is None else idx
+                        arr[i] = v
+                        nxt = i + 1
                 self.origins[a.name] = (pf.path, line)
         elif isinstance(st, Export):
-            values = [self._word(scope, a.value) for a in st.assigns]
-            for a, v in zip(st.assigns, values):
-                self._set(scope, owned, a.name, 0, v, False)
+            exported = [self._word(scope, a.value) for a in st.assigns]
+            for a, v in zip(st.assigns, exported):
+                self._own(scope, owned, a.name)[0] = v
                 self.origins[a.name] = (pf.path, line)
         else:
             for t in st.targets:
@@ -1280,45 +1396,32 @@ class Evaluation:
                         raise _Outside(st.pos, exc.text) from None
                     if m is not None:
                         raise _Outside(st.pos, f"`unset {t.text}` matches a file (pathname expansion)")
-                if t.index is None:
+                if t.idx is None:
                     scope[t.name] = {}
                     owned.add(t.name)
                 else:
-                    cur = scope.get(t.name)
-                    if cur is None:
-                        self._set(scope, owned, t.name, 0, "", True)
-                        env_arr = scope[t.name]
-                        if env_arr.get(0) == "" and self.environ.get(t.name) is None:
-                            del env_arr[0]
-                    if t.name not in owned:
-                        scope[t.name] = dict(scope[t.name])
-                        owned.add(t.name)
-                    scope[t.name].pop(t.index, None)
+                    self._own(scope, owned, t.name).pop(t.idx, None)
 
     # -- the echo step and the parent's second pass
 
-    def _echo_content(self, name: str, index: int, value: str, pos_construct: Tuple[Path, int]) -> str:
+    def _echo_content(self, name: str, index: int, value: str, where: Tuple[Path, int]) -> str:
         """What upstream's ``eval echo`` prints between ``NAME[i]="`` and the closing quote."""
         if value.endswith("\r"):
             value = value[:-1]
         prefix = f'{name}[{index}]="'
         tokens = _IFS_SPLIT.split(value)
+        matched = f"the echo of {name}[{index}] matches a file name (pathname expansion)"
         try:
             if len(tokens) == 1:
                 if self._first_field_matches(prefix, value + '"', name, index):
-                    raise _RuntimeOutside(
-                        Construct(*pos_construct, f"echo of {name}[{index}] matches a file (pathname expansion)")
-                    )
+                    raise _RuntimeOutside(Construct(where[0], where[1], matched))
                 return value
             if self._first_field_matches(prefix, tokens[0], name, index) or (
                 _glob.expand_pathname(tokens[-1] + '"', self.dircache, self.bytewise) is not None
             ):
-                raise _RuntimeOutside(
-                    Construct(*pos_construct, f"echo of {name}[{index}] matches a file (pathname expansion)")
-                )
-            middle = tokens[1:-1]
+                raise _RuntimeOutside(Construct(where[0], where[1], matched))
             out = [tokens[0]]
-            for field in middle:
+            for field in tokens[1:-1]:
                 if _glob.has_magic(field):
                     m = _glob.expand_pathname(field, self.dircache, self.bytewise)
                     if m is not None:
@@ -1328,56 +1431,78 @@ class Evaluation:
             out.append(tokens[-1])
             return " ".join(out)
         except _glob.Unsupported as exc:
-            raise _RuntimeOutside(Construct(*pos_construct, f"{name}[{index}]: {exc.text}")) from None
+            raise _RuntimeOutside(Construct(where[0], where[1], f"{name}[{index}]: {exc.text}")) from None
 
     def _first_field_matches(self, prefix: str, rest: str, name: str, index: int) -> bool:
         head = rest.split("/", 1)[0]
-        if not _glob.has_magic(head) and "\\" not in head:
-            # prefix is NAME[i]=" : the bracket matches one digit of i; nothing can match
-            # unless a file NAME<d>="<head> exists.
-            if not any(_glob._lexists(f'{name}{d}="{head}') for d in set(str(index))):
-                return False
+        # The bracket in NAME[i]=" matches one digit of i: nothing can match unless a
+        # file or directory NAME<d>="<head> exists.
+        if (
+            not _glob.has_magic(head)
+            and "\\" not in head
+            and not any(self.dircache.cwd_has(f'{name}{d}="{head}') for d in set(str(index)))
+        ):
+            return False
         return _glob.expand_pathname(prefix + rest, self.dircache, self.bytewise) is not None
 
     def _second_pass(self, content: str, where: Tuple[Path, int], what: str) -> str:
         if _SECOND_PASS_SPECIAL.search(content) is None:
             return content
+
+        def outside(text: str) -> _RuntimeOutside:
+            return _RuntimeOutside(Construct(where[0], where[1], f"{what} {text}"))
+
         if '"' in content:
-            raise _RuntimeOutside(Construct(*where, f'{what} contains `"` (upstream re-reads it as code)'))
+            raise outside('contains `"` (upstream re-reads the value as code)')
         if "`" in content:
-            raise _RuntimeOutside(Construct(*where, f"{what} contains a backtick (upstream re-reads it as code)"))
+            raise outside("contains a backtick (upstream re-reads the value as code)")
         if "$(" in content:
-            raise _RuntimeOutside(Construct(*where, f"{what} contains `$(` (upstream re-reads it as code)"))
+            raise outside("contains `$(` (upstream re-reads the value as code)")
         stripped = content.rstrip("\\")
         if (len(content) - len(stripped)) % 2:
-            raise _RuntimeOutside(Construct(*where, f"{what} ends in a backslash (upstream re-reads it as code)"))
+            raise outside("ends in a backslash (upstream re-reads the value as code)")
+        saved = self._file
+        self._file = None
+        self._where = f"{where[0]}:{where[1]}"
         try:
-            word = _parse_dq_cached(content)
-            saved = self._file
-            self._file = None
-            try:
-                return self._word(self.parent, word)
-            finally:
-                self._file = saved
+            return self._word(self.parent, _parse_dq_cached(content))
         except _Outside as exc:
-            raise _RuntimeOutside(Construct(*where, f"{what}: {exc.text}")) from None
+            raise outside(f"on re-reading: {exc.text}") from None
+        finally:
+            self._file = saved
 
-    def _parent_set(self, name: str, index: int, value: str) -> None:
-        arr = self.parent.get(name)
-        if arr is None or self.ctx_objs.get(name) is arr:
-            arr = dict(arr or {})
-            self.parent[name] = arr
-        elif not arr:
-            arr = {}
-            self.parent[name] = arr
-        arr[index] = value
+    def _parent_set(self, owned: Set[str], name: str, index: int, value: str) -> None:
+        if name not in owned:
+            self.parent[name] = dict(self.parent.get(name) or {})
+            owned.add(name)
+        self.parent[name][index] = value
 
     # -- driver
 
     def _skip(self, construct: Construct, what: str) -> None:
         if self.outside is None:
             self.outside = construct
-        self.warnings.append(f"{construct.file}:{construct.line}: skipped {what} (outside the data subset: {construct.text})")
+        self.warnings.append(
+            f"{construct.file}:{construct.line}: skipped {what} (outside the data subset: {construct.text})"
+        )
+
+    def _exec_lenient(self, scope: Dict[str, Arr], owned: Set[str], st: Statement, pf: ParsedFile) -> None:
+        touched = _targets(st)
+        saved = {n: (scope.get(n), n in owned) for n in touched}
+        saved = {n: (dict(v) if (v is not None and o) else v, o) for n, (v, o) in saved.items()}
+        try:
+            self._exec(scope, owned, st, pf)
+        except _Outside as exc:
+            for n, (v, was_owned) in saved.items():
+                if v is None:
+                    scope.pop(n, None)
+                else:
+                    scope[n] = v
+                if was_owned:
+                    owned.add(n)
+                else:
+                    owned.discard(n)
+            self._skip(Construct(pf.path, pf.line_of(exc.pos), exc.text), "statement")
 
     def run_file(self, pf: ParsedFile) -> None:
         self._file = pf
@@ -1389,29 +1514,16 @@ class Evaluation:
                 if not self.lenient:
                     raise _RuntimeOutside(c)
                 self._skip(c, "statement")
-                continue
-            if self.lenient:
-                touched = _targets(item)
-                saved = {n: scope.get(n) for n in touched}
-                saved_owned = set(owned)
-                try:
-                    self._exec(scope, owned, item, pf)
-                except _Outside as exc:
-                    for n, v in saved.items():
-                        if v is None:
-                            scope.pop(n, None)
-                        else:
-                            scope[n] = v if n not in saved_owned else dict(v)
-                    owned.intersection_update(saved_owned)
-                    owned.difference_update(touched)
-                    self._skip(Construct(pf.path, pf.line_of(exc.pos), exc.text), "statement")
+            elif self.lenient:
+                self._exec_lenient(scope, owned, item, pf)
             else:
                 try:
                     self._exec(scope, owned, item, pf)
                 except _Outside as exc:
                     raise _RuntimeOutside(Construct(pf.path, pf.line_of(exc.pos), exc.text)) from None
         self._file = None
-        # echo + second pass, in whitelist order
+        # upstream's echo loop and the parent's re-reading, in whitelist order
+        parent_owned: Set[str] = set()
         for name in self.whitelist:
             arr = scope.get(name)
             if not arr:
@@ -1428,7 +1540,7 @@ class Evaluation:
                         raise
                     self._skip(exc.construct, f"{name}[{index}]")
                     continue
-                self._parent_set(name, index, value)
+                self._parent_set(parent_owned, name, index, value)
         for name, raw in self.injections:
             where = (pf.path, 0)
             try:
@@ -1438,7 +1550,7 @@ class Evaluation:
                     raise
                 self._skip(exc.construct, f"DKMS_DIRECTIVE {name}")
                 continue
-            self._parent_set(name, 0, value)
+            self._parent_set(parent_owned, name, 0, value)
 
     def result(self) -> EvalResult:
         values = {name: dict(self.parent[name]) for name in self.whitelist if self.parent.get(name)}
@@ -1473,9 +1585,10 @@ def evaluate_parsed(
     injections: Sequence[Tuple[str, str]] = (),
     lenient: bool = False,
     dircache: Optional[_glob.DirCache] = None,
+    initial: Optional[Mapping[str, Mapping[int, str]]] = None,
 ) -> EvalResult:
     """Evaluate already parsed files; strict mode raises :class:`OutsideAt`."""
-    ev = Evaluation(whitelist, context, environ, injections, lenient, dircache)
+    ev = Evaluation(whitelist, context, environ, injections, lenient, dircache, initial)
     try:
         for pf in files:
             ev.run_file(pf)

@@ -174,7 +174,7 @@ class _PatternParser:
             if c == "\\":
                 if j + 1 >= n:
                     return None
-                items.append(("c", p[j + 1]))
+                items.append(("e", p[j + 1]))
                 j += 2
                 continue
             items.append(("c", c))
@@ -190,11 +190,7 @@ class _PatternParser:
                 members = None
                 k += 1
                 continue
-            if (
-                k + 2 < len(items)
-                and items[k + 1] == ("c", "-")
-                and items[k + 2][0] == "c"
-            ):
+            if k + 2 < len(items) and items[k + 1] == ("c", "-") and items[k + 2][0] in ("c", "e"):
                 lo, hi = val, items[k + 2][1]
                 if ord(lo) > 127 or ord(hi) > 127:
                     raise Unsupported("non-ASCII range in a bracket expression")
@@ -258,7 +254,7 @@ def _has_wild_single(elems: Sequence[Element]) -> bool:
 
 
 class Compiled:
-    __slots__ = ("elems", "regex", "wild_single", "literal_prefix", "has_ext")
+    __slots__ = ("elems", "has_ext", "literal_prefix", "regex", "wild_single")
 
     def __init__(self, pat: str) -> None:
         self.elems = _PatternParser(pat).parse()
@@ -364,6 +360,18 @@ class DirCache:
 
     def __init__(self) -> None:
         self._lists: dict[str, Optional[List[Tuple[str, bool]]]] = {}
+        self._cwd_names: Optional[frozenset[str]] = None
+        self._probes = 0
+
+    def cwd_has(self, name: str) -> bool:
+        """Whether the current directory has an entry ``name`` (a few lstat() calls, then one listing)."""
+        if self._cwd_names is None:
+            if self._probes < 8:
+                self._probes += 1
+                return lexists(name)
+            ents = self.entries("")
+            self._cwd_names = frozenset(n for n, _ in ents) if ents is not None else frozenset()
+        return name in self._cwd_names
 
     def entries(self, directory: str) -> Optional[List[Tuple[str, bool]]]:
         """(name, is_dir) of ``directory`` ('' = current directory); None when it cannot be read."""
@@ -385,7 +393,7 @@ class DirCache:
         return result
 
 
-def _lexists(path: str) -> bool:
+def lexists(path: str) -> bool:
     try:
         os.lstat(path)
     except (OSError, ValueError):
@@ -393,18 +401,18 @@ def _lexists(path: str) -> bool:
     return True
 
 
-def _match_component(
-    comp: str, base: str, cache: DirCache, dirs_only: bool
-) -> List[str]:
+def _match_component(comp: str, base: str, cache: DirCache, dirs_only: bool) -> List[str]:
     cp = compile_pattern(comp)
     if cp.has_ext:
         raise Unsupported("extglob pattern in pathname expansion")
     allow_dot = bool(cp.elems) and cp.elems[0] == ("lit", ".")
+    if allow_dot:
+        # whether '.' and '..' match depends on the bash version (globskipdots, bash 5.2)
+        raise Unsupported("pathname pattern matching dot files")
     cands = _candidates(cp.elems)
-    if cands is not None:
-        # Negative filter: nothing to read when none of the possible names exists.
-        if not any(_lexists((base or "") + c) for c in cands if c not in (".", "..")):
-            return []
+    # Negative filter: nothing to read when none of the possible names exists.
+    if cands is not None and not any(lexists((base or "") + c) for c in cands if c not in (".", "..")):
+        return []
     entries = cache.entries(base)
     if entries is None:
         return []
@@ -455,7 +463,7 @@ def expand_pathname(word: str, cache: DirCache, bytewise: bool) -> Optional[List
                     if trailing:
                         if os.path.isdir(path):
                             new_bases.append(path + "/")
-                    elif _lexists(path):
+                    elif lexists(path):
                         new_bases.append(path)
                 else:
                     new_bases.append(path + "/")

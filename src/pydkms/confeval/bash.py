@@ -1,0 +1,341 @@
+"""The bash evaluator: one ``bash`` process that runs upstream's ``safe_source`` protocol verbatim.
+
+The body of ``safe_source`` below is copied from dkms 3.2.2 (only the ``DKMS_DIRECTIVE`` loop reads
+pydkms' already filtered injections instead of ``set | grep``). Context variables are plain shell
+variables, whitelisted names are unset before the first file, the files' stdout is discarded and
+their stderr captured. Results come back NUL-separated in a private file; every context of
+:func:`evaluate_bash_many` runs in the same process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import EvalResult
+from .data import decode, normalize_crlf, valid_name
+
+#: Default limit for one bash process (all files and contexts of one call).
+DEFAULT_TIMEOUT = 60.0
+
+#: Environment variables removed before starting bash: they would change how bash itself behaves
+#: (start-up files, shell options, globbing, exported functions) rather than provide data.
+STRIPPED_ENV = frozenset(
+    {
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "GLOBIGNORE",
+        "GLOBSORT",
+        "POSIXLY_CORRECT",
+        "BASH_XTRACEFD",
+        "BASH_COMPAT",
+        "PS4",
+        "TMOUT",
+        "EXECIGNORE",
+        "CDPATH",
+    }
+)
+
+
+class BashEvaluationError(Exception):
+    """bash could not be run, or did not complete the protocol."""
+
+
+class BashTimeoutError(BashEvaluationError):
+    """The files did not finish within the time limit (the process group was killed)."""
+
+
+_DRIVER = r"""
+shopt -s extglob
+
+mktemp_or_die() {
+    local t
+    t=$(mktemp "$@") && echo "$t" && return
+    echo "pydkms: Unable to make temporary file." >&2
+    exit 1
+}
+
+# Source a file safely (dkms 3.2.2).
+safe_source() {
+    # $1 = file to source
+    # $@ = environment variables to echo out
+    local to_source_file
+    to_source_file="$1"; shift
+    # shellcheck disable=SC2206
+    # we intentionally split the string into a multi-element array
+    declare -a -r export_envs=( $@ )
+    # shellcheck disable=SC2034
+    # false positive
+    local -r CR=$(echo -e '\r')
+    local tmpfile
+    tmpfile=$(mktemp_or_die)
+    ( exec >"$tmpfile"
+    # shellcheck disable=SC1090
+    . "$to_source_file" >/dev/null
+    # This is really ugly, but a neat hack
+    # Remember, in bash 2.0 and greater all variables are really arrays.
+    for _export_env in "${export_envs[@]}"; do
+        # shellcheck disable=SC1083,SC2294
+        for _i in $(eval echo \${!"${_export_env}"[@]}); do
+            eval echo '$_export_env[$_i]=\"${'"${_export_env}"'[$_i]%$CR}\"'
+        done
+    done
+
+    # handle DKMS_DIRECTIVE stuff specially.
+    for directive in "${_pydkms_directives[@]}"; do
+        directive_name=${directive%%=*}
+        directive_value=${directive#*=}
+        echo "$directive_name=\"$directive_value\""
+    done
+    )
+    # shellcheck disable=SC1090
+    . "$tmpfile"
+    rm "${tmpfile:?}"
+}
+
+_pydkms_dir=$1
+set --
+exec {_pydkms_in}<"$_pydkms_dir/in"
+_pydkms_read() { IFS= read -r -d '' "$1" <&"$_pydkms_in"; }
+_pydkms_read _pydkms_whitelist
+_pydkms_read _pydkms_n
+_pydkms_files=()
+for ((_pydkms_k = 0; _pydkms_k < _pydkms_n; _pydkms_k++)); do
+    _pydkms_read _pydkms_x
+    _pydkms_files+=("$_pydkms_x")
+done
+_pydkms_read _pydkms_n
+_pydkms_directives=()
+for ((_pydkms_k = 0; _pydkms_k < _pydkms_n; _pydkms_k++)); do
+    _pydkms_read _pydkms_x
+    _pydkms_directives+=("$_pydkms_x")
+done
+_pydkms_read _pydkms_nctx
+_pydkms_ops=()
+_pydkms_counts=()
+for ((_pydkms_c = 0; _pydkms_c < _pydkms_nctx; _pydkms_c++)); do
+    _pydkms_read _pydkms_n
+    _pydkms_counts[_pydkms_c]=$_pydkms_n
+    for ((_pydkms_k = 0; _pydkms_k < _pydkms_n * 3; _pydkms_k++)); do
+        _pydkms_read _pydkms_x
+        _pydkms_ops+=("$_pydkms_x")
+    done
+done
+exec {_pydkms_in}<&-
+exec {_pydkms_out}>"$_pydkms_dir/out"
+_pydkms_pos=0
+for ((_pydkms_c = 0; _pydkms_c < _pydkms_nctx; _pydkms_c++)); do
+    for _pydkms_v in $_pydkms_whitelist; do
+        unset "$_pydkms_v"
+    done
+    for ((_pydkms_k = 0; _pydkms_k < _pydkms_counts[_pydkms_c]; _pydkms_k++)); do
+        _pydkms_op=${_pydkms_ops[_pydkms_pos]}
+        _pydkms_key=${_pydkms_ops[_pydkms_pos + 1]}
+        _pydkms_val=${_pydkms_ops[_pydkms_pos + 2]}
+        _pydkms_pos=$((_pydkms_pos + 3))
+        case $_pydkms_op in
+            S) unset -v "$_pydkms_key"; printf -v "$_pydkms_key" '%s' "$_pydkms_val" ;;
+            E) unset -v "$_pydkms_key"; export "$_pydkms_key=$_pydkms_val" ;;
+            U) unset -v "$_pydkms_key" ;;
+            A) printf -v "$_pydkms_key" '%s' "$_pydkms_val" ;;
+        esac
+    done
+    {
+        for _pydkms_f in "${_pydkms_files[@]}"; do
+            safe_source "$_pydkms_f" "$_pydkms_whitelist" {_pydkms_out}>&-
+        done
+    } >>"$_pydkms_dir/err.$_pydkms_c" 2>&1
+    for _pydkms_v in $_pydkms_whitelist; do
+        eval '_pydkms_idx=("${!'"$_pydkms_v"'[@]}")'
+        for _pydkms_i in "${_pydkms_idx[@]}"; do
+            eval '_pydkms_x=${'"$_pydkms_v"'[$_pydkms_i]}'
+            printf 'V\0%s\0%s\0%s\0' "$_pydkms_v" "$_pydkms_i" "$_pydkms_x" >&"$_pydkms_out"
+        done
+    done
+    printf 'E\0' >&"$_pydkms_out"
+done
+exit 0
+"""
+
+
+def _bash_env(environ: Mapping[str, str]) -> Dict[str, str]:
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in STRIPPED_ENV and not k.startswith("BASH_FUNC_") and "\0" not in k and "\0" not in v
+    }
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def evaluate_bash_many(
+    files: Sequence[Path],
+    whitelist: Sequence[str],
+    contexts: Sequence[Mapping[str, str]],
+    environ: Mapping[str, str],
+    injections: Sequence[Tuple[str, str]] = (),
+    timeout: Optional[float] = None,
+    bash: str = "bash",
+    initial: Optional[Mapping[str, Mapping[int, str]]] = None,
+) -> List[EvalResult]:
+    """Run upstream's protocol over ``files`` once per context, in a single bash process.
+
+    Before the first file of every context: the whitelisted names are unset, ``initial`` values
+    are assigned, then the context variables.
+    """
+    initial = initial or {}
+    for name in (
+        list(whitelist) + [k for c in contexts for k in c] + [n for n, _ in injections] + list(initial)
+    ):
+        if not valid_name(name):
+            raise ValueError(f"not a shell variable name: {name!r}")
+    if not contexts:
+        return []
+    exe = shutil.which(bash, path=environ.get("PATH") or os.defpath) or shutil.which(bash)
+    if exe is None:
+        raise BashEvaluationError(
+            f"cannot evaluate {files[0] if files else 'files'} with bash: bash not found"
+        )
+    env = _bash_env(environ)
+    tmpdir = tempfile.mkdtemp(prefix="pydkms-bash.")
+    try:
+        sources: List[str] = []
+        for idx, f in enumerate(files):
+            with open(f, "rb") as fh:
+                data = fh.read()
+            if b"\r" in data:
+                copy = os.path.join(tmpdir, f"conf.{idx}")
+                with open(copy, "wb") as fh:
+                    fh.write(normalize_crlf(data))
+                sources.append(copy)
+            else:
+                sources.append(os.fspath(f))
+        keys: List[str] = []
+        for c in contexts:
+            for k in c:
+                if k not in keys:
+                    keys.append(k)
+        fields: List[bytes] = [_enc(" ".join(whitelist)), str(len(sources)).encode()]
+        fields += [_enc(s) for s in sources]
+        fields.append(str(len(injections)).encode())
+        fields += [_enc(f"{n}={v}") for n, v in injections]
+        fields.append(str(len(contexts)).encode())
+        init_ops: List[bytes] = []
+        for name, arr in initial.items():
+            init_ops += [b"U", _enc(name), b""]
+            for idx in sorted(arr):
+                init_ops += [b"A", _enc(f"{name}[{int(idx)}]"), _enc(arr[idx])]
+        for c in contexts:
+            fields.append(str(len(keys) + len(init_ops) // 3).encode())
+            fields += init_ops
+            for k in keys:
+                if k in c:
+                    fields += [b"S", _enc(k), _enc(c[k])]
+                elif k in env:
+                    fields += [b"E", _enc(k), _enc(env[k])]
+                else:
+                    fields += [b"U", _enc(k), b""]
+        with open(os.path.join(tmpdir, "in"), "wb") as fh:
+            fh.write(b"".join(x + b"\0" for x in fields))
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        with open(os.path.join(tmpdir, "stdout"), "wb") as out_fh:
+            try:
+                proc = subprocess.Popen(
+                    [exe, "--norc", "--noprofile", "-c", _DRIVER, "dkms", tmpdir],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_fh,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BashEvaluationError(f"cannot start bash: {exc}") from exc
+            try:
+                rc = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+                names = ", ".join(os.fspath(f) for f in files)
+                raise BashTimeoutError(
+                    f"evaluating {names} with bash did not finish within {limit:g} seconds (killed)"
+                ) from None
+        return _collect(tmpdir, files, len(contexts), rc)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> List[EvalResult]:
+    try:
+        with open(os.path.join(tmpdir, "out"), "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        raw = b""
+    with open(os.path.join(tmpdir, "stdout"), "rb") as fh:
+        driver_out = decode(fh.read())
+    records = raw.split(b"\0")
+    results: List[EvalResult] = []
+    values: Dict[str, Dict[int, str]] = {}
+    k = 0
+    while k < len(records) and len(results) < ncontexts:
+        tag = records[k]
+        if tag == b"V" and k + 3 < len(records):
+            name, idx, val = decode(records[k + 1]), records[k + 2], decode(records[k + 3])
+            k += 4
+            try:
+                values.setdefault(name, {})[int(idx)] = val
+            except ValueError:
+                continue
+        elif tag == b"E":
+            k += 1
+            c = len(results)
+            try:
+                with open(os.path.join(tmpdir, f"err.{c}"), "rb") as fh:
+                    err = decode(fh.read())
+            except OSError:
+                err = ""
+            results.append(EvalResult(values=values, evaluator="bash", stderr=err))
+            values = {}
+        else:
+            break
+    if len(results) < ncontexts:
+        names = ", ".join(os.fspath(f) for f in files)
+        detail = driver_out.strip()
+        for c in range(len(results), ncontexts):
+            try:
+                with open(os.path.join(tmpdir, f"err.{c}"), "rb") as fh:
+                    detail += decode(fh.read())
+            except OSError:
+                pass
+        raise BashEvaluationError(
+            f"evaluating {names} with bash failed (exit status {rc})"
+            + (f":\n{detail.strip()}" if detail.strip() else "")
+        )
+    if driver_out and results:
+        last = results[-1]
+        results[-1] = EvalResult(values=last.values, evaluator="bash", stderr=last.stderr + driver_out)
+    return results
+
+
+def evaluate_bash(
+    files: Sequence[Path],
+    whitelist: Sequence[str],
+    context: Mapping[str, str],
+    environ: Mapping[str, str],
+    injections: Sequence[Tuple[str, str]] = (),
+    timeout: Optional[float] = None,
+    initial: Optional[Mapping[str, Mapping[int, str]]] = None,
+) -> EvalResult:
+    return evaluate_bash_many(files, whitelist, [context], environ, injections, timeout, initial=initial)[0]
