@@ -54,4 +54,6 @@ make_venv() {
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e "$REPO${extras:+[$extras]}"
+    # byte-compile now: this environment may set PYTHONDONTWRITEBYTECODE, and dkms starts often
+    "$VENV/bin/python" -m compileall -q "$REPO/src/pydkms" >/dev/null
 }

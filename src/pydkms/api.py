@@ -53,8 +53,11 @@ def _each_target(session: Session, targets: Sequence[Target], fn: Callable[[Targ
 # ---- checks shared by actions (cli.md §6) ------------------------------------------------------
 def require_mv(m: Optional[str], v: Optional[str], action: str) -> None:
     if not m or not v:
-        raise DkmsError(1, f"Invalid number of arguments passed: '{action}' needs a module and a version.",
-                        hint=f"Usage: dkms {action} <module>/<module-version> or -m <module> -v <module-version>")
+        raise DkmsError(
+            1,
+            f"Invalid number of arguments passed: '{action}' needs a module and a version.",
+            hint=f"Usage: dkms {action} <module>/<module-version> or -m <module> -v <module-version>",
+        )
 
 
 def check_not_broken(session: Session, m: str, v: str) -> None:
@@ -86,14 +89,22 @@ def check_rw_dkms_tree(session: Session) -> None:
 
 
 # ---- add ---------------------------------------------------------------------------------------
-def add(session: Session, m: Optional[str], v: Optional[str], kernel: Target, *,
-        source_path: Optional[Path] = None, archive: Optional[Path] = None) -> int:
+def add(
+    session: Session,
+    m: Optional[str],
+    v: Optional[str],
+    kernel: Target,
+    *,
+    source_path: Optional[Path] = None,
+    archive: Optional[Path] = None,
+) -> int:
     """``dkms add`` (cli.md §8.1). Returns 0; raises DkmsError."""
     created: Optional[Path] = None
     try:
         if archive is not None and not m and not v:
             raise DkmsError(
-                1, f"Adding from an archive ({archive}) is not supported by this version of pydkms yet.",
+                1,
+                f"Adding from an archive ({archive}) is not supported by this version of pydkms yet.",
                 hint="Unpack the archive into /usr/src/<module>-<version> and add it by name.",
             )
         if source_path is not None and not m and not v:
@@ -108,7 +119,7 @@ def add(session: Session, m: Optional[str], v: Optional[str], kernel: Target, *,
         raise
 
 
-def _add_from_path(session: Session, path: Path, target: Target) -> "tuple[str, str, Optional[Path]]":
+def _add_from_path(session: Session, path: Path, target: Target) -> tuple[str, str, Optional[Path]]:
     tree = session.tree
     console = session.console
     real = Path(os.path.realpath(path))
@@ -120,8 +131,11 @@ def _add_from_path(session: Session, path: Path, target: Target) -> "tuple[str, 
     conf = session.confs.read("", "", kernel, conf_file, strict=True, report=console)
     m, v = conf.package_name, conf.package_version
     if tree.is_added(m, v) and not session.options.force:
-        raise DkmsError(3, f"DKMS tree already contains {m}/{v}.",
-                        hint="You cannot add the same module/version combo more than once (use --force to replace its source).")
+        raise DkmsError(
+            3,
+            f"DKMS tree already contains {m}/{v}.",
+            hint="You cannot add the same module/version combo more than once (use --force to replace its source).",
+        )
     dest = tree.source_dir(m, v)
     created: Optional[Path] = None
     skip = {os.path.realpath(p) for p in (dest, tree.source_link(m, v), tree.build_dir(m, v))}
@@ -135,7 +149,9 @@ def _add_from_path(session: Session, path: Path, target: Target) -> "tuple[str, 
         if proc.returncode != 0:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
-            raise DkmsError(1, f"Copying {real} to {dest} failed: {proc.stderr.decode(errors='replace').strip()}")
+            raise DkmsError(
+                1, f"Copying {real} to {dest} failed: {proc.stderr.decode(errors='replace').strip()}"
+            )
         console.info(f"Copied {real} to {dest}")
     return m, v, created
 
@@ -146,8 +162,11 @@ def _register(session: Session, m: str, v: str, target: Target) -> None:
     if session.options.rpm_safe_upgrade:
         _write_rpm_lock(session, m, v)
     if tree.is_added(m, v):
-        raise DkmsError(3, f"DKMS tree already contains {m}/{v}.",
-                        hint="You cannot add the same module/version combo more than once.")
+        raise DkmsError(
+            3,
+            f"DKMS tree already contains {m}/{v}.",
+            hint="You cannot add the same module/version combo more than once.",
+        )
     src = tree.source_dir(m, v)
     if not src.is_dir():
         raise DkmsError(2, f"Could not find module source directory {src}.")
@@ -188,7 +207,9 @@ def _write_rpm_lock(session: Session, m: str, v: str) -> None:
     import tempfile
 
     pppid = _parent_of_parent_pid()
-    fd, name = tempfile.mkstemp(prefix=f"dkms_rpm_safe_upgrade_lock.{pppid}.", dir=session.settings.tmp_location)
+    fd, _name = tempfile.mkstemp(
+        prefix=f"dkms_rpm_safe_upgrade_lock.{pppid}.", dir=session.settings.tmp_location
+    )
     with os.fdopen(fd, "w") as fh:
         fh.write(f"{m}-{v}\n")
         start = _process_start(pppid)
@@ -210,8 +231,15 @@ def _rpm_upgrade_in_progress(session: Session, m: str, v: str) -> bool:
     return False
 
 
-def ensure_added(session: Session, m: Optional[str], v: Optional[str], target: Target, *,
-                 source_path: Optional[Path] = None, archive: Optional[Path] = None) -> "tuple[str, str]":
+def ensure_added(
+    session: Session,
+    m: Optional[str],
+    v: Optional[str],
+    target: Target,
+    *,
+    source_path: Optional[Path] = None,
+    archive: Optional[Path] = None,
+) -> tuple[str, str]:
     """The auto-add of build/install (cli.md §8.2)."""
     if m and v and session.tree.is_added(m, v):
         return m, v
@@ -374,7 +402,9 @@ def run_post_transaction(session: Session, targets: Sequence[Target]) -> None:
 
 def read_conf_for_status(session: Session, m: str, v: str, t: Target) -> Optional[ModuleConf]:
     try:
-        return session.confs.read(m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False)
+        return session.confs.read(
+            m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False
+        )
     except DkmsError:
         return None
 

@@ -32,7 +32,9 @@ def make_command_line(conf: ModuleConf, jobs: str) -> str:
     return cmd
 
 
-def _report_problem(session: Session, m: str, v: str, k: str, code: int, message: str, hint: str = "") -> DkmsError:
+def _report_problem(
+    session: Session, m: str, v: str, k: str, code: int, message: str, hint: str = ""
+) -> DkmsError:
     """Build failures with codes 5, 6, 7, 10 first run Ubuntu's crash-report hook, like upstream."""
     if os.access(APPORT, os.X_OK) and runner.which("python3"):
         try:
@@ -64,19 +66,21 @@ def _copy_tree(src: Path, dst: Path) -> None:
     proc = runner.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)])
     if proc.returncode != 0:
         shutil.rmtree(dst, ignore_errors=True)
-        raise DkmsError(
-            1, f"Copying {src} to {dst} failed: {proc.stderr.decode(errors='replace').strip()}"
-        )
+        raise DkmsError(1, f"Copying {src} to {dst} failed: {proc.stderr.decode(errors='replace').strip()}")
 
 
 def check_build_depends(session: Session, conf: ModuleConf, target: Target) -> None:
     """Every BUILD_DEPENDS module must have some version installed on (K, A) (exit 13)."""
-    missing = [d for d in conf.build_depends if session.tree.installed_version(d, target.kernel, target.arch) is None]
+    missing = [
+        d for d in conf.build_depends if session.tree.installed_version(d, target.kernel, target.arch) is None
+    ]
     if not missing:
         return
     what = f"{conf.module}/{conf.version} for kernel {target.kernel} ({target.arch})"
     if session.options.force:
-        session.console.warn(f"Building {what} although BUILD_DEPENDS are not installed: {' '.join(missing)}.")
+        session.console.warn(
+            f"Building {what} although BUILD_DEPENDS are not installed: {' '.join(missing)}."
+        )
         return
     raise DkmsError(
         13,
@@ -131,22 +135,35 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
 
     for p in conf.patches:
         if "/../" in f"patches/{p}":
-            raise _report_problem(session, m, v, k, 5, f"Patch {p} as specified in dkms.conf contains a '..' path component.")
+            raise _report_problem(
+                session, m, v, k, 5, f"Patch {p} as specified in dkms.conf contains a '..' path component."
+            )
         if not (build_dir / "patches" / p).exists():
             raise _report_problem(
-                session, m, v, k, 5, f"Patch {p} as specified in dkms.conf cannot be found in {build_dir}/patches/."
+                session,
+                m,
+                v,
+                k,
+                5,
+                f"Patch {p} as specified in dkms.conf cannot be found in {build_dir}/patches/.",
             )
         command = f"patch -p1 < ./patches/{p}"
         with console.step(f"Applying patch {p}", command) as step:
-            status = runner.run_logged(command, description=f"Applying patch {p}", log=log, cwd=build_dir, env=env)
+            status = runner.run_logged(
+                command, description=f"Applying patch {p}", log=log, cwd=build_dir, env=env
+            )
             if status:
                 step.fail(status, command)
         if status:
-            raise _report_problem(session, m, v, k, 6, f"Applying patch {p} failed.", f"Consult {log} for details.")
+            raise _report_problem(
+                session, m, v, k, 6, f"Applying patch {p} failed.", f"Consult {log} for details."
+            )
 
     status = run_script("pre_build", conf.pre_build, build_dir, console, env, log)
     if status:
-        raise DkmsError(status, f"The pre_build script of {m}/{v} failed for {k} ({a}).", f"Consult {log} for details.")
+        raise DkmsError(
+            status, f"The pre_build script of {m}/{v} failed for {k} ({a}).", f"Consult {log} for details."
+        )
 
     command = make_command_line(conf, session.settings.parallel_jobs)
     with console.step("Building module(s)", command) as step:
@@ -155,7 +172,13 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
             step.fail(status, command)
     if status:
         raise _report_problem(
-            session, m, v, k, 10, f"Bad return status for module build on kernel: {k} ({a})", f"Consult {log} for more information."
+            session,
+            m,
+            v,
+            k,
+            10,
+            f"Bad return status for module build on kernel: {k} ({a})",
+            f"Consult {log} for more information.",
         )
     for r in conf.records:
         if not (build_dir / f"{r.built_path}.ko").exists():
@@ -173,7 +196,9 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
 
     status = run_script("post_build", conf.post_build, build_dir, console, env, log)
     if status:
-        raise DkmsError(status, f"The post_build script of {m}/{v} failed for {k} ({a}).", f"Consult {log} for details.")
+        raise DkmsError(
+            status, f"The post_build script of {m}/{v} failed for {k} ({a}).", f"Consult {log} for details."
+        )
     (final / "log").mkdir(exist_ok=True)
     try:
         os.replace(log, final / "log" / "make.log")

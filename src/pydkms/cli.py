@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from . import COMPAT_VERSION, __version__, framework, runner
 from .cliargs import (
@@ -114,6 +113,7 @@ def _session(inv: Invocation, console: Console) -> Session:
 def run_status(session: Session, inv: Invocation) -> int:
     from .status import StatusReader, passes_for, render_json, render_text
 
+    passes: List[Tuple[Optional[str], Optional[str]]]
     if inv.kernels:
         passes = [(k, a) for k, a in pair_kernels_arches(inv.kernels, inv.arches)]
     else:
@@ -152,7 +152,7 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
     else:
         api.check_rw_dkms_tree(session)
 
-    def built() -> "List[tuple[str, str]]":
+    def built() -> List[tuple[str, str]]:
         assert m and v
         return [(t.kernel, t.arch) for t in tree.all_targets(m, v)]
 
@@ -165,7 +165,9 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
         return api.add(session, m, v, first, source_path=inv.source_path, archive=inv.archive)
     if action in ("build", "install"):
         if inv.archive is not None and not m and not v:
-            raise DkmsError(1, f"Loading archives ({inv.archive}) is not supported by this version of pydkms yet.")
+            raise DkmsError(
+                1, f"Loading archives ({inv.archive}) is not supported by this version of pydkms yet."
+            )
         m, v = api.ensure_added(session, m, v, first, source_path=inv.source_path)
         api.check_not_broken(session, m, v)
         if action == "build":
@@ -229,6 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_mv_action(session, inv)
     except DkmsError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         console.error(str(exc))
         return exc.code
@@ -237,10 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except Exception:
         if debug:
+            import traceback
+
             traceback.print_exc()
         else:
             exc_type, value, _tb = sys.exc_info()
-            console.error(f"internal error: {exc_type.__name__ if exc_type else 'unknown'}: {value} (run with --debug for a traceback)")
+            console.error(
+                f"internal error: {exc_type.__name__ if exc_type else 'unknown'}: {value} (run with --debug for a traceback)"
+            )
         return 1
     finally:
         if lock is not None:

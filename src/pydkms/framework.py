@@ -136,8 +136,10 @@ def _evaluate_files(
         try:
             result = evaluate(request)
         except OutsideSubsetError as exc:
-            print(f"Warning: {path}: skipped, it is not plain settings ({exc.construct.text}, line {exc.construct.line}).",
-                  file=sys.stderr)
+            print(
+                f"Warning: {path}: skipped, it is not plain settings ({exc.construct.text}, line {exc.construct.line}).",
+                file=sys.stderr,
+            )
             continue
         except (OSError, DkmsError) as exc:
             print(f"Warning: {path}: skipped, cannot be evaluated: {exc}", file=sys.stderr)
@@ -163,7 +165,9 @@ def framework_files(etc: Path, extra: Sequence[Path] = ()) -> Tuple[Path, ...]:
     files.extend(dropin / n for n in names if (dropin / n).is_file())
     for path in extra:
         if not os.access(path, os.R_OK) or not path.is_file():
-            raise DkmsError(2, f"Framework file {path} given with --dkmsframework does not exist or is not readable.")
+            raise DkmsError(
+                2, f"Framework file {path} given with --dkmsframework does not exist or is not readable."
+            )
         files.append(path)
     return tuple(files)
 
@@ -190,8 +194,10 @@ def _read_conf_evaluation(files: Sequence[Path]) -> EvalMode:
         try:
             mode = EvalMode(value.strip())
         except ValueError:
-            print(f"Warning: {path}: conf_evaluation='{value}' is not auto, data or bash; using auto.",
-                  file=sys.stderr)
+            print(
+                f"Warning: {path}: conf_evaluation='{value}' is not auto, data or bash; using auto.",
+                file=sys.stderr,
+            )
             mode = EvalMode.AUTO
     return mode
 

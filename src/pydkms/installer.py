@@ -22,6 +22,7 @@ from .installed import (
     fingerprint_for,
     locate_installed,
     remove_fingerprint,
+    same_contents,
     write_fingerprint,
 )
 from .kernel import compressed_or_uncompressed, module_suffix
@@ -71,7 +72,7 @@ def move_file(src: Path, dest: Path) -> None:
         os.unlink(src)
 
 
-def _find_order(root: Path, names: "set[str]") -> Iterator[Path]:
+def _find_order(root: Path, names: set[str]) -> Iterator[Path]:
     """Regular files with one of ``names`` under ``root``, in ``find`` order (readdir, pre-order)."""
     try:
         entries = list(os.scandir(root))
@@ -87,7 +88,7 @@ def _find_order(root: Path, names: "set[str]") -> Iterator[Path]:
             continue
 
 
-def _module_names(name: str, suffix: str) -> "set[str]":
+def _module_names(name: str, suffix: str) -> set[str]:
     return {f"{name}.ko", f"{name}.ko{suffix}"} if suffix else {f"{name}.ko"}
 
 
@@ -113,7 +114,12 @@ def forced_install(m: str) -> Optional[str]:
 
 
 def version_sanity(
-    session: Session, conf: ModuleConf, record: ModuleRecord, target: Target, suffix: str, force: bool,
+    session: Session,
+    conf: ModuleConf,
+    record: ModuleRecord,
+    target: Target,
+    suffix: str,
+    force: bool,
     force_version_override: bool,
 ) -> bool:
     """build-install.md §4.1: may this record be installed?"""
@@ -136,20 +142,26 @@ def version_sanity(
         )
         return True
     e = existing[0]
-    built = compressed_or_uncompressed(session.tree.built_module_dir(conf.module, conf.version, k, target.arch),
-                                       record.dest_name, suffix)
+    built = compressed_or_uncompressed(
+        session.tree.built_module_dir(conf.module, conf.version, k, target.arch), record.dest_name, suffix
+    )
     if built is None:
         return True
     e_ver, e_src = version_info(e)
     d_ver, d_src = version_info(built)
     if e_ver == d_ver:
-        if e_src == d_src and not force:
-            if (d_ver or d_src) or _same_file(e, built):
-                if d_ver:
-                    console.notice(f"Module {e} already installed at version {d_ver}, override by specifying --force")
-                else:
-                    console.notice(f"Module {e} already installed (unversioned module), override by specifying --force")
-                return False
+        # same version and srcversion: refused if it carries version information, or if it is
+        # the very same file
+        if e_src == d_src and not force and ((d_ver or d_src) or same_contents(e, built)):
+            if d_ver:
+                console.notice(
+                    f"Module {e} already installed at version {d_ver}, override by specifying --force"
+                )
+            else:
+                console.notice(
+                    f"Module {e} already installed (unversioned module), override by specifying --force"
+                )
+            return False
         return True
     if ver(e_ver).encode() > ver(d_ver).encode() and not force:
         console.error(
@@ -158,12 +170,6 @@ def version_sanity(
         )
         return False
     return True
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    from .installed import same_contents
-
-    return same_contents(a, b)
 
 
 def archive_original(session: Session, m: str, record: ModuleRecord, target: Target, suffix: str) -> None:
@@ -227,7 +233,11 @@ def install(session: Session, m: str, v: str, target: Target, *, build_if_needed
 
     kdir = session.settings.install_tree / k
     if not kdir.exists():
-        raise DkmsError(6, f"The directory {kdir} doesn't exist.", "You cannot install a module onto a non-existent kernel.")
+        raise DkmsError(
+            6,
+            f"The directory {kdir} doesn't exist.",
+            "You cannot install a module onto a non-existent kernel.",
+        )
     suffix = module_suffix(session.settings.install_tree, k)
     kernel = session.kernel(k, a)
     conf = session.read_conf(m, v, kernel, strict=True)
@@ -245,7 +255,9 @@ def install(session: Session, m: str, v: str, target: Target, *, build_if_needed
     env = session.command_env()
     status = run_script("pre_install", conf.pre_install, source, console, env)
     if status and not force:
-        raise DkmsError(101, "The pre_install script failed, aborting install.", "You may override by specifying --force.")
+        raise DkmsError(
+            101, "The pre_install script failed, aborting install.", "You may override by specifying --force."
+        )
 
     link = tree.kernel_link(m, k, a)
     was_linked = link.is_symlink()

@@ -22,7 +22,7 @@ class Kernel:
     arch: str
     source_dir: Path  # <ksrc>
     config: Path  # kernel config used for detection and BUILD_EXCLUSIVE_CONFIG
-    _config_cache: Dict[str, Dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+    _config_cache: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def resolve(
@@ -43,50 +43,53 @@ class Kernel:
     def headers_present(self) -> bool:
         return (self.source_dir / "include").exists()
 
-    def config_values(self) -> Dict[str, str]:
-        """``CONFIG_*`` assignments of the kernel config (empty if it does not exist)."""
-        cached = self._config_cache.get("values")
-        if cached is not None:
-            return cached
-        values: Dict[str, str] = {}
-        try:
-            with open(self.config, encoding="utf-8", errors="surrogateescape") as fh:
-                for line in fh:
-                    if line.startswith("CONFIG_") and "=" in line:
-                        name, _, value = line.rstrip("\n").partition("=")
-                        values[name] = value
-        except OSError:
-            pass
-        self._config_cache["values"] = values
-        return values
+    def _config_text(self) -> str:
+        cached = self._config_cache.get("text")
+        if cached is None:
+            try:
+                with open(self.config, encoding="utf-8", errors="surrogateescape") as fh:
+                    cached = fh.read()
+            except OSError:
+                cached = ""
+            self._config_cache["text"] = cached
+        return cached
+
+    def config_value(self, name: str) -> Optional[str]:
+        """The raw value of ``NAME=`` in the kernel config, or None (``grep ^NAME=``)."""
+        m = re.search(rf"^{re.escape(name)}=(.*)$", self._config_text(), re.M)
+        return m.group(1) if m else None
 
     def has_config(self) -> bool:
         return self.config.exists()
 
     def config_enabled(self, name: str) -> bool:
         """True if the config has ``NAME=y`` or ``NAME=m`` (upstream's ``grep ^NAME=[ym]``)."""
-        value = self.config_values().get(name)
-        return value is not None and value[:1] in ("y", "m")
+        return re.search(rf"^{re.escape(name)}=[ym]", self._config_text(), re.M) is not None
 
     def detect_compiler(self) -> Dict[str, str]:
         """Environment for the build: CC/KERNEL_CC/LD/KERNEL_LD (build-install.md §2.2)."""
         env: Dict[str, str] = {}
+        cc_from_config = ""
+        if self.has_config():
+            text = self.config_value("CONFIG_CC_VERSION_TEXT") or ""
+            m = re.match(r'^"*([^" ]*) ', text)
+            if m and m.group(1) and runner.which(m.group(1)):
+                cc_from_config = m.group(1)
         kvars = self.source_dir / ".kernelvariables"
-        if kvars.is_file():
+        # .kernelvariables sets CC first, but a usable compiler named by the config overrides it:
+        # only ask make when that is not the case.
+        if not cc_from_config and kvars.is_file():
             makefile = f"show-%:\n\t@echo $($*)\ninclude {kvars}\n"
             proc = runner.run(["make", "-s", "-f", "-", "show-CC"], input=makefile.encode())
             cc = proc.stdout.decode(errors="replace").strip()
             if proc.returncode == 0 and cc:
                 env["CC"] = cc
+        if cc_from_config:
+            env["CC"] = env["KERNEL_CC"] = cc_from_config
         if self.has_config():
-            values = self.config_values()
-            text = values.get("CONFIG_CC_VERSION_TEXT", "")
-            m = re.match(r'^"*([^" ]*) ', text)
-            if m and m.group(1) and runner.which(m.group(1)):
-                env["CC"] = env["KERNEL_CC"] = m.group(1)
-            if values.get("CONFIG_CC_IS_CLANG") == "y" and runner.which("clang"):
+            if self.config_value("CONFIG_CC_IS_CLANG") == "y" and runner.which("clang"):
                 env["CC"] = env["KERNEL_CC"] = "clang"
-            if values.get("CONFIG_LD_IS_LLD") == "y" and runner.which("ld.lld"):
+            if self.config_value("CONFIG_LD_IS_LLD") == "y" and runner.which("ld.lld"):
                 env["LD"] = env["KERNEL_LD"] = "ld.lld"
         return env
 
@@ -96,7 +99,7 @@ class Kernel:
         if vmlinux.exists():
             proc = runner.run(["readelf", "-p", ".comment", str(vmlinux)])
             return b"clang" in proc.stdout
-        return self.config_values().get("CONFIG_CC_IS_CLANG") == "y"
+        return self.config_value("CONFIG_CC_IS_CLANG") == "y"
 
 
 _suffix_cache: Dict[Tuple[str, str], str] = {}

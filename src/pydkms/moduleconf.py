@@ -106,8 +106,14 @@ def _count(values: Mapping[str, Mapping[int, str]], name: str) -> int:
 
 def override_files(etc: Path, m: str, v: str, k: str, a: str) -> Tuple[Path, ...]:
     """The existing /etc/dkms override files, in order (dkms-conf.md §2.6)."""
-    names = (f"{m}.conf", f"{m}-{v}.conf", f"{m}-{v}-{k}.conf", f"{m}-{v}-{k}-{a}.conf", f"{m}--{k}.conf",
-             f"{m}--{k}-{a}.conf")
+    names = (
+        f"{m}.conf",
+        f"{m}-{v}.conf",
+        f"{m}-{v}-{k}.conf",
+        f"{m}-{v}-{k}-{a}.conf",
+        f"{m}--{k}.conf",
+        f"{m}--{k}-{a}.conf",
+    )
     return tuple(etc / n for n in names if (etc / n).exists())
 
 
@@ -168,8 +174,10 @@ class ConfReader:
             key_parts.append((f, st.st_mtime_ns, st.st_size))
         key = (*key_parts, (Path(f"strict={strict}"), 0, 0))
         for entry in self._cache.get(key, []):
-            names = entry.dependencies if entry.dependencies is not None else frozenset(context) | frozenset(
-                entry.context
+            names = (
+                entry.dependencies
+                if entry.dependencies is not None
+                else frozenset(context) | frozenset(entry.context)
             )
             if all(context.get(n) == entry.context.get(n) for n in names):
                 return entry.result
@@ -215,7 +223,7 @@ class ConfReader:
         except OutsideSubsetError as exc:
             c = exc.construct
             raise ConfError(
-                f"{c.file}:{c.line}: {c.text} is not allowed with conf_evaluation=\"data\" "
+                f'{c.file}:{c.line}: {c.text} is not allowed with conf_evaluation="data" '
                 "(the file would have to be executed by bash).",
             ) from exc
         if report is not None:
@@ -235,8 +243,18 @@ class ConfReader:
             key = (id(result), m, v, strict)
             cached = self._records_cache.get(key)
             if cached is None or cached[0] is not result:
-                derived = self._derive(m, v, kernel, conf, files, {k: dict(x) for k, x in result.values.items()},
-                                       result, strict, None, records_only=True)
+                derived = self._derive(
+                    m,
+                    v,
+                    kernel,
+                    conf,
+                    files,
+                    {k: dict(x) for k, x in result.values.items()},
+                    result,
+                    strict,
+                    None,
+                    records_only=True,
+                )
                 self._records_cache[key] = (result, derived)
                 return derived
             return cached[1]
@@ -246,13 +264,20 @@ class ConfReader:
                 values.setdefault(name, {})[0] = value
         if strict and report is not None:
             self._deprecations(files, context, values, report)
-        return self._derive(m, v, kernel, conf, files, values, result, strict, report, records_only=records_only)
+        return self._derive(
+            m, v, kernel, conf, files, values, result, strict, report, records_only=records_only
+        )
 
     def _deprecations(
-        self, files: Tuple[Path, ...], context: Dict[str, str], values: Mapping[str, Mapping[int, str]],
+        self,
+        files: Tuple[Path, ...],
+        context: Dict[str, str],
+        values: Mapping[str, Mapping[int, str]],
         report: Reporter,
     ) -> None:
-        active = [n for n in DEPRECATED if values.get(n) and not (n == "CLEAN" and values[n].get(0) in _TRUE_CLEAN)]
+        active = [
+            n for n in DEPRECATED if values.get(n) and not (n == "CLEAN" and values[n].get(0) in _TRUE_CLEAN)
+        ]
         if not active:
             return
         # A name set after file i stays set in every later file (values survive), so find the first
@@ -372,9 +397,10 @@ class ConfReader:
                 errors=tuple(f"{conf}: {e}" for e in errors),
             )
 
-        if records_only:
-            make_command, patches, exclusion = "", (), ()
-        else:
+        make_command = ""
+        patches: Tuple[str, ...] = ()
+        exclusion: Tuple[str, ...] = ()
+        if not records_only:
             make_command = self._make_command(m, v, kernel, values, report)
             patches = self._patches(kernel.release, values, report)
             exclusion = self._exclusion(kernel, values, report)
@@ -419,7 +445,12 @@ class ConfReader:
         return matched
 
     def _make_command(
-        self, m: str, v: str, kernel: Kernel, values: Mapping[str, Mapping[int, str]], report: Optional[Reporter]
+        self,
+        m: str,
+        v: str,
+        kernel: Kernel,
+        values: Mapping[str, Mapping[int, str]],
+        report: Optional[Reporter],
     ) -> str:
         make = values.get("MAKE", {})
         match = values.get("MAKE_MATCH", {})
@@ -427,7 +458,11 @@ class ConfReader:
         if not match.get(0):
             candidate = make.get(0, "")
         for i in range(_count(values, "MAKE")):
-            if make.get(i) and match.get(i) and self._match(match[i], kernel.release, f"MAKE_MATCH[{i}]", report):
+            if (
+                make.get(i)
+                and match.get(i)
+                and self._match(match[i], kernel.release, f"MAKE_MATCH[{i}]", report)
+            ):
                 candidate = make[i]
         if not candidate:
             candidate = f"make -C {kernel.source_dir} M={self.base_context['dkms_tree']}/{m}/{v}/build"
@@ -461,21 +496,34 @@ class ConfReader:
         if scalar("BUILD_EXCLUSIVE_KERNEL"):
             matched = ere_search(scalar("BUILD_EXCLUSIVE_KERNEL"), k)
             if matched is None and report is not None:
-                report.warn(f"BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}' is not a valid regular "
-                            "expression; ignored.")
+                report.warn(
+                    f"BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}' is not a valid regular "
+                    "expression; ignored."
+                )
             if matched is False:
-                reasons.append(f"kernel {k} does not match BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}'")
-        if scalar("BUILD_EXCLUSIVE_KERNEL_MIN") and ver(k).encode() < ver(scalar("BUILD_EXCLUSIVE_KERNEL_MIN")).encode():
-            reasons.append(f"kernel {k} is older than BUILD_EXCLUSIVE_KERNEL_MIN {scalar('BUILD_EXCLUSIVE_KERNEL_MIN')}")
+                reasons.append(
+                    f"kernel {k} does not match BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}'"
+                )
+        if (
+            scalar("BUILD_EXCLUSIVE_KERNEL_MIN")
+            and ver(k).encode() < ver(scalar("BUILD_EXCLUSIVE_KERNEL_MIN")).encode()
+        ):
+            reasons.append(
+                f"kernel {k} is older than BUILD_EXCLUSIVE_KERNEL_MIN {scalar('BUILD_EXCLUSIVE_KERNEL_MIN')}"
+            )
         if kmax and ver(k).encode() > ver(kmax).encode():
             reasons.append(f"kernel {k} is newer than BUILD_EXCLUSIVE_KERNEL_MAX {kmax}")
         if scalar("BUILD_EXCLUSIVE_ARCH"):
             matched = ere_search(scalar("BUILD_EXCLUSIVE_ARCH"), a)
             if matched is None and report is not None:
-                report.warn(f"BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}' is not a valid regular "
-                            "expression; ignored.")
+                report.warn(
+                    f"BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}' is not a valid regular "
+                    "expression; ignored."
+                )
             if matched is False:
-                reasons.append(f"arch {a} does not match BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}'")
+                reasons.append(
+                    f"arch {a} does not match BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}'"
+                )
         if scalar("BUILD_EXCLUSIVE_CONFIG") and kernel.has_config():
             for token in scalar("BUILD_EXCLUSIVE_CONFIG").split():
                 if token.startswith("!"):

@@ -26,7 +26,7 @@ class StageInput:
     #: compression suffix of the target kernel ('', '.gz', '.xz', '.zst')
     suffix: str
     #: environment of the build (CC etc.), to pick the right tools
-    build_env: "dict[str, str]"
+    build_env: dict[str, str]
 
 
 class Stage(Protocol):
@@ -51,7 +51,9 @@ class StripStage:
         if item.record.strip:
             tool = "llvm-strip" if item.build_env.get("CC") == "clang" else "strip"
             try:
-                runner.run([tool, "-g", str(item.module)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                runner.run(
+                    [tool, "-g", str(item.module)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
             except Exception:  # a missing strip never fails a build
                 pass
         return item.module

@@ -57,11 +57,11 @@ def run(
     """
     args = [os.fspath(a) for a in argv]
     _trace(args, cwd)
+    out: Optional[Union[int, IO[bytes]]] = stdout
+    err: Optional[Union[int, IO[bytes]]] = stderr
     if capture:
         out = subprocess.PIPE if stdout is None else stdout
         err = subprocess.PIPE if stderr is None else stderr
-    else:
-        out, err = stdout, stderr
     try:
         proc = subprocess.run(
             args,

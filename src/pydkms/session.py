@@ -105,10 +105,17 @@ class Session:
         """The dkms.conf used for every evaluation of m/v (``-c`` wins)."""
         return self.confs.conf_path(self.tree.source_link(m, v))
 
-    def read_conf(self, m: str, v: str, kernel: Kernel, *, strict: bool, conf: Optional[Path] = None) -> ModuleConf:
+    def read_conf(
+        self, m: str, v: str, kernel: Kernel, *, strict: bool, conf: Optional[Path] = None
+    ) -> ModuleConf:
         self.announce_directives()
         return self.confs.read(
-            m, v, kernel, conf if conf is not None else self.conf_file(m, v), strict=strict, report=self.console
+            m,
+            v,
+            kernel,
+            conf if conf is not None else self.conf_file(m, v),
+            strict=strict,
+            report=self.console,
         )
 
     def announce_directives(self) -> None:

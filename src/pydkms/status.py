@@ -93,7 +93,13 @@ class StatusReader:
         s = self.session
         try:
             return s.confs.read(
-                m, v, s.kernel(t.kernel, t.arch), s.conf_file(m, v), strict=False, report=_Silent(), records_only=True
+                m,
+                v,
+                s.kernel(t.kernel, t.arch),
+                s.conf_file(m, v),
+                strict=False,
+                report=_Silent(),
+                records_only=True,
             )
         except DkmsError:
             return None
@@ -129,7 +135,9 @@ class StatusReader:
                 if not entry.identical:
                     return False, True
                 continue
-            via_link = self._built_file(self.tree.kernel_link(m, t.kernel, t.arch) / "module", r.dest_name, t.kernel)
+            via_link = self._built_file(
+                self.tree.kernel_link(m, t.kernel, t.arch) / "module", r.dest_name, t.kernel
+            )
             found = locate_installed(kdir, r, via_link or built, self._suffix(t.kernel))
             if found is None or not same_contents(built, found):
                 return False, True

@@ -31,7 +31,7 @@ def _sorted_bytes(names: List[str]) -> List[str]:
     return sorted(names, key=os.fsencode)
 
 
-def _listdir(path: "Path | str") -> List[str]:
+def _listdir(path: Path | str) -> List[str]:
     try:
         return os.listdir(path)
     except OSError:
@@ -158,8 +158,12 @@ class Tree:
         resolved = os.path.realpath(link)
         mdir = os.path.realpath(os.path.join(self.dkms_tree, m))
         rel = os.path.relpath(resolved, mdir).split(os.sep)
-        if len(rel) == 3 and rel[0] not in ("..", ".") and rel[1] == k and rel[2] == a and self.is_built(
-            m, rel[0], k, a
+        if (
+            len(rel) == 3
+            and rel[0] not in ("..", ".")
+            and rel[1] == k
+            and rel[2] == a
+            and self.is_built(m, rel[0], k, a)
         ):
             return rel[0]
         return None
@@ -208,13 +212,13 @@ class Tree:
         """Every built (K, A) of m/v in byte order of K then A [fix D-21]."""
         vdir = os.path.join(self.dkms_tree, m, v)
         out: List[Target] = []
-        for k in _sorted_bytes(_listdir(vdir)):  # type: ignore[arg-type]
+        for k in _sorted_bytes(_listdir(vdir)):
             if k.startswith(".") or k in RESERVED_VERSION_ENTRIES:
                 continue
             if k_pattern and not fnmatch.fnmatchcase(k, k_pattern):
                 continue
             kdir = os.path.join(vdir, k)
-            for a in _sorted_bytes(_listdir(kdir)):  # type: ignore[arg-type]
+            for a in _sorted_bytes(_listdir(kdir)):
                 if a.startswith("."):
                     continue
                 if a_pattern and not fnmatch.fnmatchcase(a, a_pattern):

@@ -9,18 +9,21 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from tests.conftest import ARCH, Scratch
 
 pytestmark = pytest.mark.integration
 
 
 def modinfo(path: Path, field: str) -> str:
-    return subprocess.run(["modinfo", "-F", field, str(path)], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["modinfo", "-F", field, str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def sections(path: Path) -> str:
-    return subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_hello_full_lifecycle(scratch: Scratch, kernels: List[str]) -> None:
@@ -42,7 +45,10 @@ def test_hello_full_lifecycle(scratch: Scratch, kernels: List[str]) -> None:
     lines = log.splitlines()
     assert lines[0] == f"DKMS (dkms-3.2.2) make.log for hello/1.0 for kernel {k1} ({ARCH})"
     assert re.match(r"^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \w+ \d{4}$", lines[1]), lines[1]
-    assert f"# command: make -j{os.cpu_count()} KERNELRELEASE={k1} -C {scratch.install_tree}/{k1}/build M={scratch.dkms_tree}/hello/1.0/build" in log
+    assert (
+        f"# command: make -j{os.cpu_count()} KERNELRELEASE={k1} -C {scratch.install_tree}/{k1}/build M={scratch.dkms_tree}/hello/1.0/build"
+        in log
+    )
     assert "\n# exit code: 0\n# elapsed time: 00:00:" in log
     assert "\n" + "-" * 64 + "\n" in log
     assert ".debug_info" not in sections(built)  # strip -g
@@ -54,14 +60,18 @@ def test_hello_full_lifecycle(scratch: Scratch, kernels: List[str]) -> None:
     for k in (k1, k2):
         installed = scratch.install_tree / k / "updates" / "dkms" / "hello.ko"
         assert installed.is_file()
-        assert installed.read_bytes() == (scratch.dkms_tree / "hello/1.0" / k / ARCH / "module/hello.ko").read_bytes()
+        assert (
+            installed.read_bytes()
+            == (scratch.dkms_tree / "hello/1.0" / k / ARCH / "module/hello.ko").read_bytes()
+        )
         klink = scratch.dkms_tree / "hello" / f"kernel-{k}-{ARCH}"
         assert os.readlink(klink) == f"1.0/{k}/{ARCH}"  # relative link
         assert "updates/dkms/hello.ko:" in (scratch.install_tree / k / "modules.dep").read_text()
     assert scratch.status() == [f"hello/1.0, {k}, {ARCH}: installed" for k in sorted([k1, k2])]
-    assert not Path(f"/lib/modules/{k1}/modules.dep").exists() or "hello" not in Path(
-        f"/lib/modules/{k1}/modules.dep"
-    ).read_text()  # depmod ran on the scratch tree [fix D-11]
+    assert (
+        not Path(f"/lib/modules/{k1}/modules.dep").exists()
+        or "hello" not in Path(f"/lib/modules/{k1}/modules.dep").read_text()
+    )  # depmod ran on the scratch tree [fix D-11]
 
     r = scratch.ok("uninstall", "hello/1.0", "-k", k2)
     assert "ACTIVE" in r.out
@@ -261,7 +271,12 @@ def _intree(scratch: Scratch, kernel: str, version: str) -> Path:
     out = scratch.root / f"intree-{version}"
     out.mkdir(exist_ok=True)
     subprocess.run(
-        [str(Path(__file__).parents[1] / "fixtures/modules/replaceme/make-intree.sh"), kernel, str(out), version],
+        [
+            str(Path(__file__).parents[1] / "fixtures/modules/replaceme/make-intree.sh"),
+            kernel,
+            str(out),
+            version,
+        ],
         check=True,
         capture_output=True,
     )
@@ -324,7 +339,9 @@ def test_missing_headers_and_kernel_dir(scratch: Scratch, kernel: str) -> None:
     assert "linux-headers" in r.err
     assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: built"]  # the other kernel still built
     # a kernel that is not installed at all cannot be installed into (6)
-    r = scratch.dkms("install", "hello/1.0", "-k", "8.8.8-none", "--kernelsourcedir", f"/lib/modules/{kernel}/build")
+    r = scratch.dkms(
+        "install", "hello/1.0", "-k", "8.8.8-none", "--kernelsourcedir", f"/lib/modules/{kernel}/build"
+    )
     assert r.rc == 6, r
 
 
@@ -337,7 +354,10 @@ def test_status_suffixes_and_filters(scratch: Scratch, kernels: List[str]) -> No
     assert scratch.status("hello") == [f"hello/1.0, {k1}, {ARCH}: installed"]
     assert scratch.status("-m", "no*") == [f"noversion/1.0, {k2}, {ARCH}: built"]
     assert scratch.status("-k", k2) == ["hello/1.0: added", f"noversion/1.0, {k2}, {ARCH}: built"]
-    assert scratch.status("-k", k1, "-k", k2, "hello") == [f"hello/1.0, {k1}, {ARCH}: installed", "hello/1.0: added"]
+    assert scratch.status("-k", k1, "-k", k2, "hello") == [
+        f"hello/1.0, {k1}, {ARCH}: installed",
+        "hello/1.0: added",
+    ]
     assert scratch.status("-a", "aarch64") == ["hello/1.0: added", "noversion/1.0: added"]
     assert scratch.status("hello/2.0") == []
     # a changed installed file
@@ -431,7 +451,10 @@ def test_directive_override_files_and_c(scratch: Scratch, kernel: str) -> None:
     scratch.ok("unbuild", "hello/1.0", "-k", kernel)
     (scratch.etc / "hello.conf").unlink()
     alt = scratch.root / "alt.conf"
-    alt.write_text((src / "dkms.conf").read_text() + 'MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/hello/1.0/build V=1"\n')
+    alt.write_text(
+        (src / "dkms.conf").read_text()
+        + 'MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/hello/1.0/build V=1"\n'
+    )
     scratch.ok("build", "hello/1.0", "-k", kernel, "-c", str(alt))
     log = (scratch.dkms_tree / "hello/1.0" / kernel / ARCH / "log/make.log").read_text()
     assert f"M={scratch.dkms_tree}/hello/1.0/build V=1" in log

@@ -397,25 +397,35 @@ def run_isolated(
             "pydkms-isolated",
             *(os.fspath(a) for a in argv),
         ]
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-            cwd=str(state),
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        # Output goes to files, not pipes: upstream's progress-dot loop leaves an orphaned
+        # `sleep 3` holding its stdout, and a pipe would make us wait for it.
+        with tempfile.TemporaryFile(mode="w+") as out_f, tempfile.TemporaryFile(mode="w+") as err_f:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=out_f,
+                stderr=err_f,
+                text=True,
+                env=full_env,
+                cwd=str(state),
+                start_new_session=True,
+            )
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(cmd, timeout or 0, output=out, stderr=err) from None
+                proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                out_f.seek(0)
+                err_f.seek(0)
+                raise subprocess.TimeoutExpired(
+                    cmd, timeout or 0, output=out_f.read(), stderr=err_f.read()
+                ) from None
+            out_f.seek(0)
+            err_f.seek(0)
+            out, err = out_f.read(), err_f.read()
         return subprocess.CompletedProcess([os.fspath(a) for a in argv], proc.returncode, out, err)
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -612,7 +622,9 @@ def fetch_trixie_deb(cache_dir: Optional[Path] = None, mirror: str = TRIXIE_MIRR
         filename = None
         for stanza in index.split("\n\n"):
             fields = dict(
-                line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" ")
+                line.split(": ", 1)
+                for line in stanza.splitlines()
+                if ": " in line and not line.startswith(" ")
             )
             if fields.get("Package") == "dkms":
                 filename = fields.get("Filename")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pydkms.api import aggregate
 from pydkms.distro import Distro, detect
 from pydkms.errors import DkmsError
 from pydkms.posixre import ere_search
 from pydkms.status import StatusEntry, passes_for
 from pydkms.version import obsolete_key, ver, ver_greater, version_sort_key
-from pydkms.api import aggregate
 
 
 @pytest.mark.parametrize(
@@ -68,12 +68,12 @@ def test_ere_search(pattern: str, text: str, expected: object) -> None:
     ("content", "family"),
     [
         ('ID=debian\nVERSION_ID="12"\n', "debian"),
-        ('ID=ubuntu\nID_LIKE=debian\n', "ubuntu"),
+        ("ID=ubuntu\nID_LIKE=debian\n", "ubuntu"),
         ('ID=linuxmint\nID_LIKE="ubuntu debian"\n', "ubuntu debian"),
         ('ID="rocky"\nID_LIKE="rhel centos fedora"\n', "rhel centos fedora"),
         ('ID="rhel"\nID_LIKE="fedora"\n', "fedora"),
-        ('ID=alpine\n', "alpine"),
-        ('ID=weird\nID_LIKE=\n', ""),
+        ("ID=alpine\n", "alpine"),
+        ("ID=weird\nID_LIKE=\n", ""),
     ],
 )
 def test_distro_family(tmp_path: Path, content: str, family: str) -> None:

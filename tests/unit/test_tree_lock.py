@@ -51,7 +51,10 @@ def test_states(tree: Tree) -> None:
     link.symlink_to(tree.target_dir("m", "1", "6.1.0-1-amd64", "x86_64"))
     assert tree.is_installed("m", "1", "6.1.0-1-amd64", "x86_64")
     # installed implies built
-    os.rename(tree.built_module_dir("m", "1", "6.1.0-1-amd64", "x86_64"), tree.target_dir("m", "1", "6.1.0-1-amd64", "x86_64") / "gone")
+    os.rename(
+        tree.built_module_dir("m", "1", "6.1.0-1-amd64", "x86_64"),
+        tree.target_dir("m", "1", "6.1.0-1-amd64", "x86_64") / "gone",
+    )
     assert not tree.is_installed("m", "1", "6.1.0-1-amd64", "x86_64")
 
 
@@ -86,7 +89,11 @@ def test_all_targets_order(tree: Tree) -> None:
     for k in ("6.1.0-10-amd64", "6.1.0-9-amd64", "6.1.0-2-amd64"):
         build(tree, "m", "1", k)
     tree.kernel_link("m", "6.1.0-2-amd64", "x86_64").symlink_to("1/6.1.0-2-amd64/x86_64")
-    assert [t.kernel for t in tree.all_targets("m", "1")] == ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-2-amd64"]
+    assert [t.kernel for t in tree.all_targets("m", "1")] == [
+        "6.1.0-9-amd64",
+        "6.1.0-10-amd64",
+        "6.1.0-2-amd64",
+    ]
 
 
 def test_atomic_copy_and_symlink(tmp_path: Path) -> None:

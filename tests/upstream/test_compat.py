@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from tests.conftest import ARCH, EXAMPLES, MODULES, SRC, generic_kernels, cloud_kernels
+from tests.conftest import ARCH, EXAMPLES, MODULES, SRC, cloud_kernels, generic_kernels
 from tests.support.upstream import (
     DEFAULT_SNAPSHOT_IGNORE,
     ScratchTrees,
@@ -103,11 +103,15 @@ class Twin:
             return ["bash", str(self.script), *args, *trees]
         return [sys.executable, "-m", "pydkms", *args, *trees]
 
-    def run_one(self, who: str, args: Sequence[str], env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    def run_one(
+        self, who: str, args: Sequence[str], env: Optional[Dict[str, str]] = None
+    ) -> subprocess.CompletedProcess[str]:
         pythonpath = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
         full_env: Dict[str, Optional[str]] = {"PYTHONPATH": pythonpath, "PYDKMS_SYSCONFDIR": None}
         full_env.update(env or {})
-        return run_isolated(self.argv(who, args), env=full_env, var_lib_dkms=self.var_lib, cwd=self.trees[who].root)
+        return run_isolated(
+            self.argv(who, args), env=full_env, var_lib_dkms=self.var_lib, cwd=self.trees[who].root
+        )
 
     def run(self, *args: str, rc: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> int:
         """Run in both trees; exit codes must agree (and equal ``rc`` if given); layouts must agree."""
@@ -147,7 +151,11 @@ class Twin:
             )
 
     def add_source(self, fixture: str, version: str = "1.0", name: Optional[str] = None) -> None:
-        src = EXAMPLES / "hello" if fixture == "hello" else (MODULES / fixture if (MODULES / fixture).is_dir() else Path(fixture))
+        src = (
+            EXAMPLES / "hello"
+            if fixture == "hello"
+            else (MODULES / fixture if (MODULES / fixture).is_dir() else Path(fixture))
+        )
         for t in self.trees.values():
             dest = t.source_tree / f"{name or fixture}-{version}"
             shutil.copytree(src, dest, symlinks=True)
@@ -251,12 +259,16 @@ def test_status_suffixes(twin: Twin, k12: Tuple[str, str]) -> None:
     for t in twin.trees.values():
         f = t.install_tree / k1 / "updates" / "dkms" / "hello.ko"
         f.write_bytes(f.read_bytes() + b"\0")
-    assert twin.status() == [f"hello/1.0, {k1}, {ARCH}: installed (Differences between built and installed modules)"]
+    assert twin.status() == [
+        f"hello/1.0, {k1}, {ARCH}: installed (Differences between built and installed modules)"
+    ]
     if twin.old:
         return  # 3.0.10 calls a module whose files are missing "added", 3.2 keeps it built with a suffix
     for t in twin.trees.values():
         (t.dkms_tree / "hello" / "1.0" / k1 / ARCH / "module" / "hello.ko").unlink()
-    assert twin.status() == [f"hello/1.0, {k1}, {ARCH}: installed (Built modules are missing in the kernel modules folder)"]
+    assert twin.status() == [
+        f"hello/1.0, {k1}, {ARCH}: installed (Built modules are missing in the kernel modules folder)"
+    ]
 
 
 INVALID_BOTH = [
@@ -348,22 +360,28 @@ def test_trees_are_interchangeable(twin: Twin, k12: Tuple[str, str], writer: str
         assert r.returncode == 0
         return normalise(r.stdout.splitlines())
 
-    expected = [
-        f"hello/1.0, {k}, {ARCH}: installed" for k in sorted([k1, k2])
-    ] + [f"multi/2.0, {k1}, {ARCH}: built"]
+    expected = [f"hello/1.0, {k}, {ARCH}: installed" for k in sorted([k1, k2])] + [
+        f"multi/2.0, {k1}, {ARCH}: built"
+    ]
     assert status(writer) == expected
     assert status(reader) == expected
     for args in (["uninstall", "hello/1.0", "-k", k2], ["install", "multi/2.0", "-k", k1]):
         r = twin.run_one(reader, args)
         assert r.returncode == 0, r.stdout + r.stderr
-    expected = sorted(
-        [f"hello/1.0, {k1}, {ARCH}: installed", f"hello/1.0, {k2}, {ARCH}: built"], key=lambda x: x.encode()
-    ) + [f"multi/2.0, {k1}, {ARCH}: installed"]
+    expected = [
+        *sorted(
+            [f"hello/1.0, {k1}, {ARCH}: installed", f"hello/1.0, {k2}, {ARCH}: built"],
+            key=lambda x: x.encode(),
+        ),
+        f"multi/2.0, {k1}, {ARCH}: installed",
+    ]
     assert status(writer) == expected
     assert status(reader) == expected
     for args in (["remove", "hello/1.0", "--all"], ["remove", "multi/2.0", "--all"]):
         r = twin.run_one(writer, args)
         assert r.returncode == 0, r.stdout + r.stderr
     assert status(reader) == []
-    leftovers = {k: v for k, v in snapshot_tree(t.install_tree, ignore=IGNORE).items() if not k.endswith("/build")}
+    leftovers = {
+        k: v for k, v in snapshot_tree(t.install_tree, ignore=IGNORE).items() if not k.endswith("/build")
+    }
     assert leftovers == {k: "dir" for k in twin.kernels}
