@@ -132,7 +132,7 @@ class Scratch:
         cwd: Optional[Path] = None,
         timeout: float = 600,
     ) -> Result:
-        argv = [sys.executable, "-m", "pydkms", *args, *(self.tree_args() if trees else [])]
+        argv = self.dkms_argv(*args, trees=trees)
         proc = subprocess.run(
             argv,
             env=self.env(env),
@@ -143,6 +143,9 @@ class Scratch:
             stdin=subprocess.DEVNULL,
         )
         return Result(["dkms", *args], proc.returncode, proc.stdout, proc.stderr)
+
+    def dkms_argv(self, *args: str, trees: bool = True) -> List[str]:
+        return [sys.executable, "-m", "pydkms", *args, *(self.tree_args() if trees else [])]
 
     def ok(self, *args: str, **kw: object) -> Result:
         r = self.dkms(*args, **kw)  # type: ignore[arg-type]

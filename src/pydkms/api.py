@@ -40,7 +40,7 @@ def _each_target(session: Session, targets: Sequence[Target], fn: Callable[[Targ
             code = fn(t)
         except DkmsError as exc:
             session.console.info("")
-            session.console.error(str(exc))
+            session.console.failure(exc)
             code = exc.code
         codes.append(code)
         if code not in (0, 77):
@@ -140,10 +140,10 @@ def _add_from_path(session: Session, path: Path, target: Target) -> tuple[str, s
     created: Optional[Path] = None
     skip = {os.path.realpath(p) for p in (dest, tree.source_link(m, v), tree.build_dir(m, v))}
     if str(real) not in skip:
-        if session.options.force and dest.exists():
-            shutil.rmtree(dest)
         if not dest.exists():
-            created = dest
+            created = dest  # removed again if a later step fails [fix D-12]
+        elif session.options.force:
+            shutil.rmtree(dest)
         dest.mkdir(parents=True, exist_ok=True)
         proc = runner.run(["cp", "-a", "--reflink=auto", f"{real}/.", str(dest)])
         if proc.returncode != 0:

@@ -6,6 +6,7 @@ code; a traceback is printed only with ``--debug``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -156,6 +157,13 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
         assert m and v
         return [(t.kernel, t.arch) for t in tree.all_targets(m, v)]
 
+    if action == "remove" and not inv.kernels and not inv.arches and not inv.all:
+        # `dkms remove m/v` means "remove m/v": every kernel it is built for, said out loud
+        # (upstream and spec P-01 act on the running kernel only; issue 2 asks for this).
+        assert m and v
+        inv = dataclasses.replace(inv, all=True)
+        names = ", ".join(f"{k} ({a})" for k, a in built()) or "none"
+        session.console.info(f"No kernel given: removing {m}/{v} from every kernel it is built for: {names}.")
     pairs = resolve_targets(
         inv, default_kernel=default_kernel, default_arch=default_arch_for(session), built_targets=built
     )
@@ -200,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 _print_usage(console, to_stderr=True)
         return exc.code
     except DkmsError as exc:
-        console.error(str(exc))
+        console.failure(exc)
         return exc.code
     for n in inv.notices:
         if n.before_quiet:
@@ -234,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import traceback
 
             traceback.print_exc()
-        console.error(str(exc))
+        console.failure(exc)
         return exc.code
     except KeyboardInterrupt:
         console.error("Interrupted.")

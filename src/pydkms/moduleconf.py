@@ -309,15 +309,24 @@ class ConfReader:
         *,
         records_only: bool = False,
     ) -> ModuleConf:
+        origins = result.origins or {}
         errors: List[str] = []
+        family = ("BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION")
+
+        def problem(message: str, directive: str, index: int = 0) -> None:
+            """Record an error, naming the file and line that set the value when known."""
+            where = origins.get(directive, {}).get(index)
+            if where is None and directive in family:
+                where = next((origins[n][index] for n in family if index in origins.get(n, {})), None)
+            errors.append(f"{where[0]}:{where[1]}: {message}" if where else f"{conf}: {message}")
+
         name = values.get("PACKAGE_NAME", {}).get(0, "")
         version = values.get("PACKAGE_VERSION", {}).get(0, "")
         if not name:
-            errors.append("No 'PACKAGE_NAME' directive specified.")
+            problem("PACKAGE_NAME is not set or empty.", "PACKAGE_NAME")
         if not version:
-            errors.append("No 'PACKAGE_VERSION' directive specified.")
+            problem("PACKAGE_VERSION is not set or empty.", "PACKAGE_VERSION")
 
-        family = ("BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION")
         max_index = max((i for n in family for i in values.get(n, {})), default=-1)
         num_modules = max_index + 1
         strip_values = values.get("STRIP", {})
@@ -342,17 +351,28 @@ class ConfReader:
             if built_loc and not built_loc.endswith("/"):
                 built_loc += "/"
             if not built_name:
-                errors.append(f"No 'BUILT_MODULE_NAME' directive specified for record #{i}.")
+                problem(f"record #{i}: BUILT_MODULE_NAME[{i}] is not set or empty.", "BUILT_MODULE_NAME", i)
             if built_name.endswith((".o", ".ko")):
-                errors.append(f"'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
+                problem(
+                    f"record #{i}: BUILT_MODULE_NAME[{i}]='{built_name}' must be the name without '.o' or '.ko'.",
+                    "BUILT_MODULE_NAME",
+                    i,
+                )
             if dest_name.endswith((".o", ".ko")):
-                errors.append(f"'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
+                problem(
+                    f"record #{i}: DEST_MODULE_NAME[{i}]='{dest_name}' must be the name without '.o' or '.ko'.",
+                    "DEST_MODULE_NAME" if i in values.get("DEST_MODULE_NAME", {}) else "BUILT_MODULE_NAME",
+                    i,
+                )
             if not dest_loc:
-                errors.append(f"No 'DEST_MODULE_LOCATION' directive specified for record #{i}.")
+                problem(
+                    f"record #{i}: DEST_MODULE_LOCATION[{i}] is not set or empty.", "DEST_MODULE_LOCATION", i
+                )
             elif not dest_loc.startswith(("/kernel", "/updates", "/extra")):
-                errors.append(
-                    f"Directive 'DEST_MODULE_LOCATION' does not begin with '/kernel', '/updates', or '/extra' "
-                    f"in record #{i}."
+                problem(
+                    f"record #{i}: DEST_MODULE_LOCATION[{i}]='{dest_loc}' must begin with /kernel, /updates or /extra.",
+                    "DEST_MODULE_LOCATION",
+                    i,
                 )
             records.append(
                 ModuleRecord(
@@ -374,27 +394,39 @@ class ConfReader:
             elif raw.lower() == "no":
                 flags[flag] = False
             else:
-                errors.append(f"Unsupported {flag} value '{raw}'.")
+                problem(f"{flag}='{raw}' is not allowed: use yes, no or leave it empty.", flag)
                 flags[flag] = False
 
         if strict and not errors:
             if num_modules == 0 and report is not None:
                 report.warn(f"{conf}: zero modules specified.")
-            seen: set[str] = set()
+            first_built: Dict[str, int] = {}
             for r in records:
-                if r.built_path in seen:
-                    errors.append(f"Duplicate module '{r.built_path}' in 'BUILT_MODULE_NAME[{r.index}]'.")
-                seen.add(r.built_path)
-            seen = set()
+                if r.built_path in first_built:
+                    problem(
+                        f"record #{r.index}: module '{r.built_path}' is already built by record "
+                        f"#{first_built[r.built_path]}.",
+                        "BUILT_MODULE_NAME",
+                        r.index,
+                    )
+                first_built.setdefault(r.built_path, r.index)
+            first_dest: Dict[str, int] = {}
             for r in records:
-                if r.dest_name in seen:
-                    errors.append(f"Duplicate module '{r.dest_name}' in 'DEST_MODULE_NAME[{r.index}]'.")
-                seen.add(r.dest_name)
+                if r.dest_name in first_dest:
+                    problem(
+                        f"record #{r.index}: DEST_MODULE_NAME '{r.dest_name}' is already used by record "
+                        f"#{first_dest[r.dest_name]}.",
+                        "DEST_MODULE_NAME"
+                        if r.index in values.get("DEST_MODULE_NAME", {})
+                        else "BUILT_MODULE_NAME",
+                        r.index,
+                    )
+                first_dest.setdefault(r.dest_name, r.index)
 
         if errors:
             raise ConfError(
-                f"{conf} is invalid ({len(errors)} problem{'s' if len(errors) > 1 else ''}).",
-                errors=tuple(f"{conf}: {e}" for e in errors),
+                f"{conf} is not a valid dkms.conf ({len(errors)} problem{'s' if len(errors) > 1 else ''}).",
+                errors=tuple(errors),
             )
 
         make_command = ""

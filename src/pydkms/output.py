@@ -47,6 +47,15 @@ class Console:
     def error(self, text: str) -> None:
         self._write(self.err, f"Error! {text}\n")
 
+    def failure(self, exc: BaseException) -> None:
+        """Report a DkmsError: each listed problem, the message, then the hint."""
+        for problem in getattr(exc, "errors", ()):
+            self.error(problem)
+        self.error(getattr(exc, "message", str(exc)))
+        hint = getattr(exc, "hint", None)
+        if hint:
+            self.notice(hint)
+
     def notice(self, text: str) -> None:
         """A diagnostic on stderr without a prefix."""
         self._write(self.err, text + "\n")

@@ -419,12 +419,23 @@ def test_status_json(scratch: Scratch, kernel: str) -> None:
     ]  # fmt: skip
 
 
-def test_remove_without_kernel_only_touches_running_kernel(scratch: Scratch, kernel: str) -> None:
+def test_remove_without_kernel_removes_every_build(scratch: Scratch, kernels: List[str]) -> None:
+    """`dkms remove m/v` does what the user means: gone from every kernel, and it says so."""
+    k1, k2 = kernels[:2]
     scratch.add_source("hello")
-    scratch.ok("install", "hello/1.0", "-k", kernel)
-    r = scratch.ok("remove", "hello/1.0")  # running kernel: not built there (P-01)
-    assert "not built" in r.out
-    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    scratch.ok("install", "hello/1.0", "-k", k1)
+    scratch.ok("build", "hello/1.0", "-k", k2)
+    r = scratch.ok("remove", "hello/1.0")
+    assert f"every kernel it is built for: {k1} ({ARCH}), {k2} ({ARCH})" in r.out or (
+        f"every kernel it is built for: {k2} ({ARCH}), {k1} ({ARCH})" in r.out
+    ), r.out
+    assert scratch.status() == []
+    assert not (scratch.install_tree / k1 / "updates").exists()
+    # uninstall and unbuild keep upstream's default: the running kernel only (P-01)
+    scratch.ok("install", "hello/1.0", "-k", k1)
+    r = scratch.ok("uninstall", "hello/1.0")
+    assert "not installed" in r.out
+    assert scratch.status() == [f"hello/1.0, {k1}, {ARCH}: installed"]
 
 
 def test_remove_keeps_registration_after_a_failure(scratch: Scratch, kernel: str) -> None:

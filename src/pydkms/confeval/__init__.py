@@ -77,6 +77,9 @@ class EvalResult:
     stderr: str = ""
     #: names of context/environment variables the data evaluator read; None when bash was used.
     dependencies: Optional[FrozenSet[str]] = field(default=None)
+    #: data evaluator only: the (file, line) of the assignment that gave each element its value
+    #: (name -> index -> (file, line)), so validation errors can name the line.
+    origins: Optional[Mapping[str, Mapping[int, Tuple[Path, int]]]] = field(default=None)
 
 
 class OutsideSubsetError(Exception):

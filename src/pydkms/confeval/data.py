@@ -1252,6 +1252,8 @@ class Evaluation:
             self.parent[name] = {int(i): v for i, v in arr.items()}
         self.parent.update(self.ctx_objs)
         self.origins: Dict[str, Tuple[Path, int]] = {}
+        #: where each whitelisted element got its value: name -> index -> (file, line)
+        self.element_origins: Dict[str, Dict[int, Tuple[Path, int]]] = {}
         self._file: Optional[ParsedFile] = None
         self._where: str = "?"
 
@@ -1362,10 +1364,12 @@ class Evaluation:
         line = pf.line_of(st.pos)
         if isinstance(st, Simple):
             for a in st.assigns:
+                where = (pf.path, line)
                 if isinstance(a, Assign):
                     value = self._word(scope, a.value)
                     arr = self._own(scope, owned, a.name)
                     arr[a.idx] = (arr.get(a.idx, "") + value) if a.append else value
+                    self.element_origins.setdefault(a.name, {})[a.idx] = where
                 else:
                     values = [(idx, self._word(scope, w)) for idx, w in a.elems]
                     if a.append:
@@ -1378,13 +1382,15 @@ class Evaluation:
                     for idx, v in values:
                         i = nxt if idx is None else idx
                         arr[i] = v
+                        self.element_origins.setdefault(a.name, {})[i] = where
                         nxt = i + 1
-                self.origins[a.name] = (pf.path, line)
+                self.origins[a.name] = where
         elif isinstance(st, Export):
             exported = [self._word(scope, a.value) for a in st.assigns]
             for a, v in zip(st.assigns, exported):
                 self._own(scope, owned, a.name)[0] = v
                 self.origins[a.name] = (pf.path, line)
+                self.element_origins.setdefault(a.name, {})[0] = (pf.path, line)
         else:
             for t in st.targets:
                 if t.name in self.ctx_objs:
@@ -1554,12 +1560,14 @@ class Evaluation:
 
     def result(self) -> EvalResult:
         values = {name: dict(self.parent[name]) for name in self.whitelist if self.parent.get(name)}
+        origins = {n: dict(o) for n, o in self.element_origins.items() if n in values}
         return EvalResult(
             values=values,
             evaluator="data",
             outside=self.outside,
             warnings=tuple(self.warnings),
             dependencies=frozenset(self.deps),
+            origins=origins,
         )
 
 
