@@ -385,3 +385,41 @@ def test_trees_are_interchangeable(twin: Twin, k12: Tuple[str, str], writer: str
         k: v for k, v in snapshot_tree(t.install_tree, ignore=IGNORE).items() if not k.endswith("/build")
     }
     assert leftovers == {k: "dir" for k in twin.kernels}
+
+
+# ---- real Debian *-dkms packages (fetched at test time) -----------------------------------------
+REAL_PACKAGES = ["acpi-call-dkms", "v4l2loopback-dkms", "evdi-dkms", "jool-dkms"]
+
+
+@pytest.fixture(scope="session")
+def real_sources() -> Dict[str, Path]:
+    from tests.support.debian_packages import Unavailable, dkms_sources
+
+    try:
+        return {s.package: s.source_dir for s in dkms_sources(REAL_PACKAGES)}
+    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+        _fail_or_skip(f"cannot fetch Debian packages: {exc}")
+        raise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", REAL_PACKAGES)
+def test_real_debian_package(
+    twin: Twin, k12: Tuple[str, str], real_sources: Dict[str, Path], package: str
+) -> None:
+    from tests.support.debian_packages import split_module_version
+
+    src = real_sources[package]
+    m, v = split_module_version(src.name)
+    for t in twin.trees.values():
+        shutil.copytree(src, t.source_tree / src.name, symlinks=True)
+    k1, _ = k12
+    twin.run("add", f"{m}/{v}", rc=0)
+    twin.run("build", f"{m}/{v}", "-k", k1, rc=0)
+    twin.run("install", f"{m}/{v}", "-k", k1, rc=0)
+    assert twin.status() == [f"{m}/{v}, {k1}, {ARCH}: installed"]
+    cloud = cloud_kernels()
+    if cloud and package in ("v4l2loopback-dkms", "evdi-dkms"):
+        twin.run("build", f"{m}/{v}", "-k", cloud[-1], rc=77)  # the cloud config lacks VIDEO_DEV / DRM
+    twin.run("remove", f"{m}/{v}", "--all", rc=0)
+    assert twin.status() == []

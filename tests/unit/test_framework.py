@@ -1,0 +1,102 @@
+"""framework.conf: files, precedence, lazy re-reads, DKMS_DIRECTIVE (framework-conf.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pydkms import framework
+from pydkms.confeval import EvalMode
+from pydkms.errors import DkmsError
+
+
+@pytest.fixture
+def etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "etc"
+    (d / "framework.conf.d").mkdir(parents=True)
+    monkeypatch.setenv("PYDKMS_SYSCONFDIR", str(d))
+    for var in ("parallel_jobs", "post_transaction", "mok_signing_key", "TMPDIR"):
+        monkeypatch.delenv(var, raising=False)
+    return d
+
+
+def test_defaults(etc: Path) -> None:
+    s = framework.load()
+    assert s.dkms_tree == Path("/var/lib/dkms")
+    assert s.source_tree == Path("/usr/src")
+    assert s.install_tree == Path("/lib/modules")
+    assert s.tmp_location == Path("/tmp")
+    assert s.compress_xz_opts == "--check=crc32 --lzma2=dict=1MiB"
+    assert s.compress_zstd_opts == "-q --rm -T0"
+    assert s.conf_evaluation is EvalMode.AUTO
+    assert s.parallel_jobs.isdigit()
+    assert s.files == ()
+
+
+def test_precedence_env_file_dropins_extra_cli(etc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("parallel_jobs", "2")
+    monkeypatch.setenv("verbose", "yes")  # not honoured from the environment
+    assert framework.load().parallel_jobs == "2"
+    assert framework.load().verbose is False
+    (etc / "framework.conf").write_text('parallel_jobs="3"\ndkms_tree=/srv/dkms\nsource_tree="$dkms_tree/src"\n')
+    s = framework.load()
+    assert s.parallel_jobs == "3"
+    assert s.dkms_tree == Path("/srv/dkms")
+    assert s.source_tree == Path("/srv/dkms/src")  # later assignments see earlier ones
+    (etc / "framework.conf.d" / "20-b.conf").write_text("parallel_jobs=5\n")
+    (etc / "framework.conf.d" / "10-a.conf").write_text("parallel_jobs=4\nverbose=1\n")
+    (etc / "framework.conf.d" / "99-ignored.txt").write_text("parallel_jobs=9\n")
+    s = framework.load()
+    assert s.parallel_jobs == "5" and s.verbose is True  # byte order of file names; .conf only
+    extra = tmp_path / "extra.conf"
+    extra.write_text("parallel_jobs=6\n")
+    assert framework.load([extra]).parallel_jobs == "6"
+    s = framework.with_cli(framework.load([extra]), jobs="7", dkms_tree=Path("/x"))
+    assert s.parallel_jobs == "7" and s.dkms_tree == Path("/x")
+    with pytest.raises(DkmsError) as exc:
+        framework.load([tmp_path / "missing.conf"])
+    assert exc.value.code == 2
+
+
+def test_only_whitelisted_keys_are_taken(etc: Path) -> None:
+    (etc / "framework.conf").write_text("PATH=/evil\nmodule=evil\nverbose=\nsymlink_modules=no\n")
+    s = framework.load()
+    assert s.verbose is False
+    assert s.symlink_modules is True  # any non-empty value enables (upstream semantics)
+    assert "PATH" not in s.raw and "module" not in s.raw
+
+
+def test_lazy_keys_see_the_kernel(etc: Path) -> None:
+    (etc / "framework.conf").write_text(
+        "mok_signing_key='/etc/keys/$kernelver.key'\npost_transaction='update-initramfs -u -k $kernelver'\n"
+    )
+    s = framework.load()
+    assert s.raw["mok_signing_key"] == "/etc/keys/.key"  # start-up read: kernelver is empty
+    lazy = s.reread(["mok_signing_key", "post_transaction"], "6.1.0-1-amd64", "x86_64")
+    assert lazy == {
+        "mok_signing_key": "/etc/keys/6.1.0-1-amd64.key",
+        "post_transaction": "update-initramfs -u -k 6.1.0-1-amd64",
+    }
+
+
+def test_conf_evaluation_key(etc: Path) -> None:
+    (etc / "framework.conf").write_text('conf_evaluation="data"\n')
+    assert framework.load().conf_evaluation is EvalMode.DATA
+    (etc / "framework.conf.d" / "x.conf").write_text("conf_evaluation=bash\n")
+    assert framework.load().conf_evaluation is EvalMode.BASH
+    (etc / "framework.conf.d" / "x.conf").write_text("conf_evaluation=sometimes\n")
+    assert framework.load().conf_evaluation is EvalMode.AUTO
+
+
+def test_shell_framework_file_in_data_mode_is_skipped(etc: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (etc / "framework.conf").write_text('conf_evaluation="data"\nparallel_jobs=3\n')
+    (etc / "framework.conf.d" / "x.conf").write_text("parallel_jobs=$(nproc)\n")
+    assert framework.load().parallel_jobs == "3"
+    assert "x.conf" in capsys.readouterr().err
+
+
+def test_directive_injections(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"DKMS_DIRECTIVE_A": "MAKE=make -j1=x", "DKMS_DIRECTIVE_B": "PATH=/evil", "OTHER": "MAKE=no"}
+    assert framework.directive_injections(env, ("MAKE",)) == (("MAKE", "make -j1"),)
+    assert "PATH" in capsys.readouterr().err  # not whitelisted: ignored with a warning [fix D-16]
