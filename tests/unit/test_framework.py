@@ -34,12 +34,16 @@ def test_defaults(etc: Path) -> None:
     assert s.files == ()
 
 
-def test_precedence_env_file_dropins_extra_cli(etc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_env_file_dropins_extra_cli(
+    etc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("parallel_jobs", "2")
     monkeypatch.setenv("verbose", "yes")  # not honoured from the environment
     assert framework.load().parallel_jobs == "2"
     assert framework.load().verbose is False
-    (etc / "framework.conf").write_text('parallel_jobs="3"\ndkms_tree=/srv/dkms\nsource_tree="$dkms_tree/src"\n')
+    (etc / "framework.conf").write_text(
+        'parallel_jobs="3"\ndkms_tree=/srv/dkms\nsource_tree="$dkms_tree/src"\n'
+    )
     s = framework.load()
     assert s.parallel_jobs == "3"
     assert s.dkms_tree == Path("/srv/dkms")
