@@ -359,12 +359,14 @@ def run_depmod(session: Session, k: str, a: str) -> bool:
         session.tree.depmod_pending(k, a).touch()
         return True
     console = session.console
-    with console.step("Running depmod", f"depmod -a {k}") as step:
-        result = kernel_mod.depmod(session.settings.install_tree, k)
+    plan = kernel_mod.depmod_plan(session.settings.install_tree, k)
+    if isinstance(plan, str):
+        console.info(plan)
+        return True
+    with console.step("Running depmod", " ".join(plan)) as step:
+        result = kernel_mod.depmod(session.settings.install_tree, k, plan)
         if result.returncode:
             step.fail(result.returncode)
-    if result.notice and console.verbose:
-        console.info(result.notice)
     if result.output and (console.verbose or result.returncode):
         console.write(result.output if result.output.endswith("\n") else result.output + "\n")
     return result.returncode == 0

@@ -7,7 +7,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import runner
 
@@ -168,11 +168,11 @@ class DepmodResult:
     notice: str = ""
 
 
-def depmod(install_tree: Path, release: str) -> DepmodResult:
-    """Run depmod for K as spec/tree.md §11 says (D-11: honour --installtree)."""
+def depmod_plan(install_tree: Path, release: str) -> Union[List[str], str]:
+    """The depmod command for K (tree.md §11), or the reason it is skipped [fix D-11]."""
     kdir = install_tree / release
     if not (kdir / "modules.dep").exists():
-        return DepmodResult(False, 0, "", f"Skipping depmod because '{kdir}/modules.dep' is missing.")
+        return f"Skipping depmod because '{kdir}/modules.dep' is missing."
     tree = os.path.normpath(str(install_tree))
     base: Optional[str] = None
     if tree != "/lib/modules":
@@ -181,12 +181,9 @@ def depmod(install_tree: Path, release: str) -> DepmodResult:
                 base = tree[: -len(tail)] or "/"
                 break
         if base is None:
-            return DepmodResult(
-                False,
-                0,
-                "",
+            return (
                 f"Skipping depmod: the install tree {install_tree} does not end in /lib/modules, "
-                "so depmod cannot be pointed at it.",
+                "so depmod cannot be pointed at it."
             )
     argv: List[str] = ["depmod"]
     if base is not None:
@@ -195,6 +192,15 @@ def depmod(install_tree: Path, release: str) -> DepmodResult:
     system_map = Path(base or "/") / "boot" / f"System.map-{release}"
     if system_map.exists():
         argv += ["-F", str(system_map)]
+    return argv
+
+
+def depmod(install_tree: Path, release: str, plan: Optional[List[str]] = None) -> DepmodResult:
+    """Run depmod for K; afterwards drop the empty output of a kernel whose last module went."""
+    argv = plan if plan is not None else depmod_plan(install_tree, release)
+    if isinstance(argv, str):
+        return DepmodResult(False, 0, "", argv)
+    kdir = install_tree / release
     proc = runner.run(argv, stderr=subprocess.STDOUT)
     output = proc.stdout.decode(errors="replace")
     dep = kdir / "modules.dep"

@@ -101,7 +101,7 @@ def test_no_depmod_quiet_and_verbose(scratch: Scratch, kernel: str) -> None:
     assert not dep.exists()  # the last module is gone: depmod's empty output files are removed
     scratch.prepare_kernel(kernel)
     r = scratch.ok("install", "hello/1.0", "-k", kernel, "--verbose")
-    assert f"depmod -a {kernel}" in r.out  # command lines instead of step names
+    assert f"depmod -b {scratch.root} -a {kernel}" in r.out  # command lines instead of step names
     assert "updates/dkms/hello.ko:" in dep.read_text()
     r = scratch.ok("unbuild", "hello/1.0", "-k", kernel)
     r = scratch.ok("build", "hello/1.0", "-k", kernel, "--verbose")
