@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from . import builder, installer, runner
 from .errors import DkmsError
-from .moduleconf import ModuleConf
 from .session import Session
 from .tree import Target
 
@@ -398,16 +395,3 @@ def run_post_transaction(session: Session, targets: Sequence[Target]) -> None:
         )
         if status:
             step.fail(status, command)
-
-
-def read_conf_for_status(session: Session, m: str, v: str, t: Target) -> Optional[ModuleConf]:
-    try:
-        return session.confs.read(
-            m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False
-        )
-    except DkmsError:
-        return None
-
-
-def _unused() -> None:  # keep imports used by type checkers only
-    _ = (subprocess, time)

@@ -46,10 +46,9 @@ def _report_problem(
 
 def prepare_kernel(session: Session, kernel: Kernel) -> None:
     """Once per (K, A) per process: header check (21), then the post-processing preparation."""
-    if not session.mark_prepared(kernel.release, kernel.arch):
+    if session.is_prepared(kernel.release, kernel.arch):
         return
     if not kernel.headers_present():
-        session._prepared.discard((kernel.release, kernel.arch))
         it = session.settings.install_tree
         raise DkmsError(
             21,
@@ -59,6 +58,7 @@ def prepare_kernel(session: Session, kernel: Kernel) -> None:
             "kernel build directory.",
         )
     session.postprocessor.prepare(kernel, session.console)
+    session.mark_prepared(kernel.release, kernel.arch)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -38,12 +38,6 @@ class Distro:
     def matches(self, *globs: str) -> bool:
         return any(fnmatch.fnmatchcase(self.family, g) for g in globs)
 
-    @property
-    def is_rpm_family(self) -> bool:
-        return self.matches("fedora*", "rhel*", "ovm*", "sles*", "suse*", "opensuse*") or not self.matches(
-            "debian*", "ubuntu*", "arch*", "gentoo*"
-        )
-
     def dest_dir(self, dest_module_location: str, addon_modules_dir: str = "") -> str:
         """Install directory under $install_tree/K for a record (tree.md §6.1)."""
         if addon_modules_dir:

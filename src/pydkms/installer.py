@@ -8,9 +8,9 @@ when possible) before anything replaces it and its origin is recorded first.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -147,6 +147,10 @@ def version_sanity(
     )
     if built is None:
         return True
+    if e == Path(f"{install_dir}{record.install_location}") / built.name and same_contents(e, built):
+        # our own copy, left by an install that was interrupted before its kernel link was made:
+        # finishing that install is not "replacing a module with the same version"
+        return True
     e_ver, e_src = version_info(e)
     d_ver, d_src = version_info(built)
     if e_ver == d_ver:
@@ -172,8 +176,14 @@ def version_sanity(
     return True
 
 
-def archive_original(session: Session, m: str, record: ModuleRecord, target: Target, suffix: str) -> None:
-    """tree.md §10: move one pre-existing module of this name into original_module/K/A."""
+def archive_original(
+    session: Session, m: str, record: ModuleRecord, target: Target, suffix: str, built: Path
+) -> None:
+    """tree.md §10: move one pre-existing module of this name into original_module/K/A.
+
+    A file identical to ``built`` is not an original: it is this build's own copy, left by an
+    install that was interrupted before the kernel link was made, and is simply overwritten.
+    """
     k, a = target.kernel, target.arch
     kdir = session.settings.install_tree / k
     backup = session.tree.original_module_dir(m, k, a)
@@ -185,7 +195,7 @@ def archive_original(session: Session, m: str, record: ModuleRecord, target: Tar
             candidates.append(found)
     candidates.extend(_find_order(kdir, _module_names(n, suffix)))
     for original in candidates:
-        if not original.is_file():
+        if not original.is_file() or same_contents(original, built):
             continue
         session.console.info(f"Found pre-existing {original}, archiving for uninstallation")
         backup.mkdir(parents=True, exist_ok=True)
@@ -266,13 +276,12 @@ def install(session: Session, m: str, v: str, target: Target, *, build_if_needed
     for r in conf.records:
         if not version_sanity(session, conf, r, target, suffix, force, force_vo):
             continue
-        if was_linked:
-            if compressed_or_uncompressed(tree.original_module_dir(m, k, a), r.dest_name, suffix) is not None:
-                console.info("An original module was already stored during a previous install")
-        else:
-            archive_original(session, m, r, target, suffix)
         src = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
         assert src is not None
+        if not was_linked:
+            archive_original(session, m, r, target, suffix, src)
+        elif compressed_or_uncompressed(tree.original_module_dir(m, k, a), r.dest_name, suffix) is not None:
+            console.info("An original module was already stored during a previous install")
         dest_dir = Path(f"{kdir}{r.install_location}")
         dest = dest_dir / src.name
         console.info(f"Installing {dest}")
@@ -456,7 +465,7 @@ def uninstall(session: Session, m: str, v: str, target: Target, *, conf: Optiona
         for r, found in located:
             if found is not None:
                 console.info(f"Deleting {found.parent}/{r.dest_name}.ko{suffix}")
-                for p in found.parent.glob(f"{_glob_escape(r.dest_name)}.ko*"):
+                for p in found.parent.glob(f"{glob.escape(r.dest_name)}.ko*"):
                     try:
                         p.unlink()
                     except OSError:
@@ -483,12 +492,6 @@ def uninstall(session: Session, m: str, v: str, target: Target, *, conf: Optiona
     return 0
 
 
-def _glob_escape(name: str) -> str:
-    import glob as _glob
-
-    return _glob.escape(name)
-
-
 def _rmdir_quiet(path: Path) -> None:
     try:
         path.rmdir()
@@ -509,7 +512,3 @@ def unbuild_target(session: Session, m: str, v: str, target: Target) -> None:
         return
     if not remaining:
         shutil.rmtree(kdir, ignore_errors=True)
-
-
-def subprocess_devnull() -> int:
-    return subprocess.DEVNULL

@@ -54,17 +54,26 @@ class Kernel:
             self._config_cache["text"] = cached
         return cached
 
+    def _config_line(self, prefix: str) -> Optional[str]:
+        """The rest of the first config line that starts with ``prefix`` (``grep ^prefix``)."""
+        text = self._config_text()
+        i = 0 if text.startswith(prefix) else text.find("\n" + prefix) + 1
+        if i == 0 and not text.startswith(prefix):
+            return None
+        start = i + len(prefix)
+        end = text.find("\n", start)
+        return text[start:] if end < 0 else text[start:end]
+
     def config_value(self, name: str) -> Optional[str]:
-        """The raw value of ``NAME=`` in the kernel config, or None (``grep ^NAME=``)."""
-        m = re.search(rf"^{re.escape(name)}=(.*)$", self._config_text(), re.M)
-        return m.group(1) if m else None
+        """The raw value of ``NAME=`` in the kernel config, or None."""
+        return self._config_line(f"{name}=")
 
     def has_config(self) -> bool:
         return self.config.exists()
 
     def config_enabled(self, name: str) -> bool:
         """True if the config has ``NAME=y`` or ``NAME=m`` (upstream's ``grep ^NAME=[ym]``)."""
-        return re.search(rf"^{re.escape(name)}=[ym]", self._config_text(), re.M) is not None
+        return self._config_line(f"{name}=y") is not None or self._config_line(f"{name}=m") is not None
 
     def detect_compiler(self) -> Dict[str, str]:
         """Environment for the build: CC/KERNEL_CC/LD/KERNEL_LD (build-install.md §2.2)."""

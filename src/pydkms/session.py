@@ -135,10 +135,9 @@ class Session:
             env.update(extra)
         return env
 
-    def mark_prepared(self, release: str, arch: str) -> bool:
-        """True the first time (K, A) is prepared in this process."""
-        key = (release, arch)
-        if key in self._prepared:
-            return False
-        self._prepared.add(key)
-        return True
+    def is_prepared(self, release: str, arch: str) -> bool:
+        """Whether (K, A) was prepared (headers checked, signing set up) in this process."""
+        return (release, arch) in self._prepared
+
+    def mark_prepared(self, release: str, arch: str) -> None:
+        self._prepared.add((release, arch))

@@ -19,8 +19,6 @@ from .version import version_sort_key
 RESERVED_VERSION_ENTRIES = frozenset(
     {"source", "build", "tarball", "driver_disk", "rpm", "deb", "dsc", "bmdeb"}
 )
-#: entries of $dkms_tree/m/v that do not keep a module registered (build-install.md §7 step 4)
-NON_KERNEL_ENTRIES = RESERVED_VERSION_ENTRIES
 
 INSTALL_FINGERPRINT = ".pydkms-install.json"
 BINARIES_ONLY_MARKER = ".pydkms-binaries-only"

@@ -228,3 +228,64 @@ def test_concurrent_invocations_wait_for_each_other(scratch: Scratch, kernel: st
     assert "already built" in second.out  # it saw the first one's result, not a half state
     timed = scratch.dkms("build", "hello/1.0", "-k", kernel, env={"PYDKMS_LOCK_TIMEOUT": "0.5"})
     assert timed.rc == 0  # nobody holds the lock now
+
+
+def test_interrupted_install_can_be_finished(scratch: Scratch, kernel: str) -> None:
+    """A copy left by an install that died before the kernel link is not a conflicting module."""
+    scratch.add_source("hello")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    link = scratch.dkms_tree / "hello" / f"kernel-{kernel}-{ARCH}"
+    link.unlink()  # as if the process had been killed between the copy and the link
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: built"]
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    # a different module of the same version elsewhere is still refused
+    scratch.ok("uninstall", "hello/1.0", "-k", kernel)
+    other = scratch.install_tree / kernel / "kernel" / "misc"
+    other.mkdir(parents=True)
+    built = scratch.dkms_tree / "hello/1.0" / kernel / ARCH / "module/hello.ko"
+    (other / "hello.ko").write_bytes(built.read_bytes())
+    r = scratch.dkms("install", "hello/1.0", "-k", kernel)
+    assert r.rc == 6 and "already installed at version 1.0" in r.err, r
+
+
+def test_rpm_safe_upgrade_cancels_the_remove_of_the_same_version(scratch: Scratch, kernel: str) -> None:
+    """tree.md §9: add and remove from the same rpm transaction (same grandparent process)."""
+    scratch.add_source("hello")
+    argv = " ".join(scratch.dkms_argv("add", "hello/1.0", "--rpm_safe_upgrade"))
+    rm = " ".join(scratch.dkms_argv("remove", "hello/1.0", "--all", "--rpm_safe_upgrade"))
+    tmp = scratch.root / "tmp"
+    tmp.mkdir()
+    r = subprocess.run(
+        ["sh", "-c", f"{argv} && {rm}"], env=scratch.env({"TMPDIR": str(tmp)}), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cancelled" in r.stderr
+    assert scratch.status() == ["hello/1.0: added"]  # the removal did not happen
+    assert list(tmp.iterdir()) == []  # and the lock file was consumed
+    scratch.ok("remove", "hello/1.0", "--all", "--rpm_safe_upgrade", env={"TMPDIR": str(tmp)})
+    assert scratch.status() == []
+
+
+def test_build_depends_rebuild_records(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("depbase")
+    src = scratch.add_source("depuser")
+    append_conf(src, 'BUILD_DEPENDS_REBUILD="yes"\n')
+    scratch.ok("install", "depbase/1.0", "-k", kernel)
+    scratch.ok("build", "depuser/1.0", "-k", kernel)
+    assert (scratch.dkms_tree / "depuser/1.0" / kernel / ARCH / ".dep_depbase").read_text() == "1.0\n"
+
+
+def test_deprecated_directives_are_announced_on_strict_reads(scratch: Scratch, kernel: str) -> None:
+    src = scratch.add_source("hello")
+    append_conf(src, 'CLEAN="make clean"\nREMAKE_INITRD="yes"\n')
+    r = scratch.ok("add", "hello/1.0")
+    conf = src / "dkms.conf"
+    assert f"Deprecated feature: CLEAN ({conf})" in r.err
+    assert f"Deprecated feature: REMAKE_INITRD ({conf})" in r.err
+    r = scratch.ok("status")
+    assert r.err == ""  # never from status [fix D-05]
+    (scratch.etc / "hello.conf").write_text('PACKAGE_NAME="hello"\n')
+    r = scratch.ok("build", "hello/1.0", "-k", kernel)
+    # one notice per evaluated file, naming each file
+    assert r.err.count("Deprecated feature: CLEAN") == 2 and str(scratch.etc / "hello.conf") in r.err

@@ -90,7 +90,14 @@ class OutsideSubsetError(Exception):
         self.construct = construct
 
 
-from .bash import BashEvaluationError, BashTimeoutError  # noqa: E402
+class BashEvaluationError(Exception):
+    """bash could not be run, or did not complete the protocol."""
+
+
+class BashTimeoutError(BashEvaluationError):
+    """The files did not finish within the time limit (the process group was killed)."""
+
+
 from .protocol import DKMS_CONF_WHITELIST, FRAMEWORK_KEYS, evaluate, evaluate_many  # noqa: E402
 
 __all__ = [

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import EvalResult
+from . import BashEvaluationError, BashTimeoutError, EvalResult
 from .data import decode, normalize_crlf, valid_name
 
 #: Default limit for one bash process (all files and contexts of one call).
@@ -43,14 +43,6 @@ STRIPPED_ENV = frozenset(
         "CDPATH",
     }
 )
-
-
-class BashEvaluationError(Exception):
-    """bash could not be run, or did not complete the protocol."""
-
-
-class BashTimeoutError(BashEvaluationError):
-    """The files did not finish within the time limit (the process group was killed)."""
 
 
 _DRIVER = r"""

@@ -8,7 +8,6 @@ from typing import Dict, List, Optional, Tuple
 from . import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError
 from . import data as _data
 from . import glob as _glob
-from .bash import evaluate_bash_many
 
 #: Names taken from dkms.conf and its override files, in upstream's evaluation order (spec §3).
 DKMS_CONF_WHITELIST: Tuple[str, ...] = (
@@ -154,6 +153,8 @@ def _with_outside(res: EvalResult, construct: Optional[Construct]) -> EvalResult
 
 
 def _bash_raw(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -> List[EvalResult]:
+    from .bash import evaluate_bash_many  # only files outside the data subset need a shell
+
     return evaluate_bash_many(
         request.files,
         request.whitelist,
