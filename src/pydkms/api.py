@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 from . import builder, installer, runner
 from .errors import DkmsError
+from .scripts import logged_step, run_script
 from .session import Session
 from .tree import Target
 
@@ -176,8 +177,6 @@ def _register(session: Session, m: str, v: str, target: Target) -> None:
     if link.is_symlink():
         link.unlink()
     installer.atomic_symlink(str(src), link)
-    from .scripts import run_script
-
     run_script("post_add", conf.post_add, link, session.console, session.command_env())
 
 
@@ -389,9 +388,6 @@ def run_post_transaction(session: Session, targets: Sequence[Target]) -> None:
     if not command:
         return
     env = session.command_env({"kernelver": first.kernel, "arch": first.arch})
-    with session.console.step("Executing post-transaction command", command) as step:
-        status = runner.run_logged(
-            command, description="Executing post-transaction command", log=log, cwd=os.getcwd(), env=env
-        )
-        if status:
-            step.fail(status, command)
+    logged_step(
+        session.console, "Executing post-transaction command", command, log=log, cwd=Path.cwd(), env=env
+    )

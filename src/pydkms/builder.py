@@ -14,7 +14,7 @@ from .errors import DkmsError
 from .kernel import Kernel, compressed_or_uncompressed, module_suffix
 from .moduleconf import ModuleConf
 from .postprocess import StageInput
-from .scripts import run_script
+from .scripts import logged_step, run_script
 from .session import Session
 from .tree import Target
 from .version import version_sort_key
@@ -147,13 +147,9 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
                 5,
                 f"Patch {p} as specified in dkms.conf cannot be found in {build_dir}/patches/.",
             )
-        command = f"patch -p1 < ./patches/{p}"
-        with console.step(f"Applying patch {p}", command) as step:
-            status = runner.run_logged(
-                command, description=f"Applying patch {p}", log=log, cwd=build_dir, env=env
-            )
-            if status:
-                step.fail(status, command)
+        status = logged_step(
+            console, f"Applying patch {p}", f"patch -p1 < ./patches/{p}", log=log, cwd=build_dir, env=env
+        )
         if status:
             raise _report_problem(
                 session, m, v, k, 6, f"Applying patch {p} failed.", f"Consult {log} for details."
@@ -166,10 +162,7 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
         )
 
     command = make_command_line(conf, session.settings.parallel_jobs)
-    with console.step("Building module(s)", command) as step:
-        status = runner.run_logged(command, description="Building module(s)", log=log, cwd=build_dir, env=env)
-        if status:
-            step.fail(status, command)
+    status = logged_step(console, "Building module(s)", command, log=log, cwd=build_dir, env=env)
     if status:
         raise _report_problem(
             session,

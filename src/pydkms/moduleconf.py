@@ -22,14 +22,8 @@ from .kernel import Kernel
 from .posixre import ere_search
 from .version import obsolete_key, ver
 
-DEPRECATED = (
-    "CLEAN",
-    "REMAKE_INITRD",
-    "MODULES_CONF",
-    "MODULES_CONF_OBSOLETES",
-    "MODULES_CONF_ALIAS_TYPE",
-    "MODULES_CONF_OBSOLETE_ONLY",
-)
+#: accepted without effect (dkms-conf.md §14): the whitelist ends with them, from CLEAN on
+DEPRECATED = DKMS_CONF_WHITELIST[DKMS_CONF_WHITELIST.index("CLEAN") :]
 _TRUE_CLEAN = ("true", "/bin/true", "/usr/bin/true")
 
 
@@ -525,17 +519,19 @@ class ConfReader:
         reasons: List[str] = []
         k, a = kernel.release, kernel.arch
         kmax = scalar("BUILD_EXCLUSIVE_KERNEL_MAX") or scalar("OBSOLETE_BY")
-        if scalar("BUILD_EXCLUSIVE_KERNEL"):
-            matched = ere_search(scalar("BUILD_EXCLUSIVE_KERNEL"), k)
+
+        def mismatch(directive: str, subject: str, what: str) -> None:
+            """BUILD_EXCLUSIVE_KERNEL/ARCH: an ERE the kernel or arch must match (invalid: ignored)."""
+            pattern = scalar(directive)
+            if not pattern:
+                return
+            matched = ere_search(pattern, subject)
             if matched is None and report is not None:
-                report.warn(
-                    f"BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}' is not a valid regular "
-                    "expression; ignored."
-                )
+                report.warn(f"{directive} '{pattern}' is not a valid regular expression; ignored.")
             if matched is False:
-                reasons.append(
-                    f"kernel {k} does not match BUILD_EXCLUSIVE_KERNEL '{scalar('BUILD_EXCLUSIVE_KERNEL')}'"
-                )
+                reasons.append(f"{what} {subject} does not match {directive} '{pattern}'")
+
+        mismatch("BUILD_EXCLUSIVE_KERNEL", k, "kernel")
         if (
             scalar("BUILD_EXCLUSIVE_KERNEL_MIN")
             and ver(k).encode() < ver(scalar("BUILD_EXCLUSIVE_KERNEL_MIN")).encode()
@@ -545,17 +541,7 @@ class ConfReader:
             )
         if kmax and ver(k).encode() > ver(kmax).encode():
             reasons.append(f"kernel {k} is newer than BUILD_EXCLUSIVE_KERNEL_MAX {kmax}")
-        if scalar("BUILD_EXCLUSIVE_ARCH"):
-            matched = ere_search(scalar("BUILD_EXCLUSIVE_ARCH"), a)
-            if matched is None and report is not None:
-                report.warn(
-                    f"BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}' is not a valid regular "
-                    "expression; ignored."
-                )
-            if matched is False:
-                reasons.append(
-                    f"arch {a} does not match BUILD_EXCLUSIVE_ARCH '{scalar('BUILD_EXCLUSIVE_ARCH')}'"
-                )
+        mismatch("BUILD_EXCLUSIVE_ARCH", a, "arch")
         if scalar("BUILD_EXCLUSIVE_CONFIG") and kernel.has_config():
             for token in scalar("BUILD_EXCLUSIVE_CONFIG").split():
                 if token.startswith("!"):

@@ -10,7 +10,8 @@ import functools
 import re
 from typing import Optional, Pattern
 
-_CLASSES = {
+#: the POSIX bracket classes as Python character-set bodies (the bash glob emulation adds its own)
+POSIX_CLASSES = {
     "alnum": "0-9A-Za-z",
     "alpha": "A-Za-z",
     "blank": " \\t",
@@ -20,7 +21,7 @@ _CLASSES = {
     "lower": "a-z",
     "print": " -~",
     "punct": "!-/:-@\\[-`{-~",
-    "space": " \\t\\n\\r\\f\\v",
+    "space": " \\t\\n\\v\\f\\r",
     "upper": "A-Z",
     "xdigit": "0-9A-Fa-f",
 }
@@ -50,9 +51,9 @@ def _translate(pattern: str) -> str:
                         raise ValueError("unterminated bracket class")
                     name = pattern[j + 2 : end]
                     if kind == ":":
-                        if name not in _CLASSES:
+                        if name not in POSIX_CLASSES:
                             raise ValueError(f"unknown class [:{name}:]")
-                        body.append(_CLASSES[name])
+                        body.append(POSIX_CLASSES[name])
                     else:
                         body.append(re.escape(name))
                     j = end + 2

@@ -28,6 +28,17 @@ def _split_value(value: str, base: Path) -> List[str]:
     return words
 
 
+def logged_step(
+    console: Console, description: str, command: str, *, log: Path, cwd: Path, env: Dict[str, str]
+) -> int:
+    """Run a shell command whose output belongs in ``log``, showing one progress line for it."""
+    with console.step(description, command) as step:
+        status = runner.run_logged(command, description=description, log=log, cwd=cwd, env=env)
+        if status:
+            step.fail(status, command)
+    return status
+
+
 def script_path(value: str, base: Path) -> Path:
     return base / value.split()[0]
 
@@ -58,14 +69,9 @@ def run_script(
         console.warn(f"The {kind} script {script_path(value, base)} is not executable; it is skipped.")
         return 0
     if kind in BUILD_SCRIPTS and log is not None:
-        command = f"cd {base}/ && {base}/{value}"
-        with console.step(f"Running the {kind} script", command) as step:
-            status = runner.run_logged(
-                command, description=f"Running the {kind} script", log=log, cwd=base, env=env
-            )
-            if status:
-                step.fail(status, command)
-        return status
+        return logged_step(
+            console, f"Running the {kind} script", f"cd {base}/ && {base}/{value}", log=log, cwd=base, env=env
+        )
     console.info(f"Running the {kind} script:")
     env = {**env, "PWD": str(base)}  # the logical directory, as after upstream's `cd`
     argv = _split_value(value, base)

@@ -8,18 +8,17 @@ The ``.deb`` files are fetched with ``apt-get download`` into
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-CACHE_ENV = "PYDKMS_TEST_CACHE"
+from .upstream import _locked
+from .upstream import default_cache_dir as test_cache
+
 #: Packages whose name ends in -dkms but that ship no module source.
 EXCLUDED = frozenset({"dh-dkms"})
 
@@ -37,20 +36,7 @@ class DkmsSource:
 
 
 def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    base = Path(env) if env else Path.home() / ".cache" / "pydkms-tests"
-    return base / "debs"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return test_cache() / "debs"
 
 
 def _run(cmd: Sequence[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..posixre import POSIX_CLASSES
+
 
 class Unsupported(Exception):
     """The pattern (or its subject) uses something this emulation does not reproduce exactly."""
@@ -27,22 +29,8 @@ class Unsupported(Exception):
         self.text = text
 
 
-_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "ascii": "\\x00-\\x7f",
-    "blank": " \\t",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": " \\t\\n\\v\\f\\r",
-    "upper": "A-Z",
-    "word": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
-}
+#: bash also knows [:ascii:] and [:word:] in patterns
+_CLASSES = {**POSIX_CLASSES, "ascii": "\\x00-\\x7f", "word": "0-9A-Za-z_"}
 
 _EXT_OPS = "?*+@!"
 
