@@ -260,15 +260,23 @@ def ensure_added(
 
 
 # ---- build / install -----------------------------------------------------------------------------
+def _already(session: Session, m: str, v: str, t: Target, done: bool, what: str) -> bool:
+    """True (after saying so) if m/v is already built/installed on t and --force was not given."""
+    if done and not session.options.force:
+        session.console.info(
+            f"Module {m}/{v} already {what} for kernel {t.kernel} ({t.arch}), skip. "
+            "You may override by specifying --force."
+        )
+        return True
+    return False
+
+
 def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
     def one(t: Target) -> int:
-        if session.tree.is_built(m, v, t.kernel, t.arch):
-            if not session.options.force:
-                session.console.info(
-                    f"Module {m}/{v} already built for kernel {t.kernel} ({t.arch}), skip. "
-                    "You may override by specifying --force."
-                )
-                return 0
+        built = session.tree.is_built(m, v, t.kernel, t.arch)
+        if _already(session, m, v, t, built, "built"):
+            return 0
+        if built:
             installer.unbuild_target(session, m, v, t)
         return builder.build(session, m, v, t)
 
@@ -277,13 +285,10 @@ def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
 
 def install(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
     def one(t: Target) -> int:
-        if session.tree.is_installed(m, v, t.kernel, t.arch):
-            if not session.options.force:
-                session.console.info(
-                    f"Module {m}/{v} already installed on kernel {t.kernel} ({t.arch}), skip. "
-                    "You may override by specifying --force."
-                )
-                return 0
+        installed = session.tree.is_installed(m, v, t.kernel, t.arch)
+        if _already(session, m, v, t, installed, "installed"):
+            return 0
+        if installed:
             installer.uninstall(session, m, v, t)
             session.console.info("")
         return installer.install(session, m, v, t)

@@ -394,28 +394,24 @@ class ConfReader:
         if strict and not errors:
             if num_modules == 0 and report is not None:
                 report.warn(f"{conf}: zero modules specified.")
-            first_built: Dict[str, int] = {}
-            for r in records:
-                if r.built_path in first_built:
-                    problem(
-                        f"record #{r.index}: module '{r.built_path}' is already built by record "
-                        f"#{first_built[r.built_path]}.",
-                        "BUILT_MODULE_NAME",
-                        r.index,
-                    )
-                first_built.setdefault(r.built_path, r.index)
-            first_dest: Dict[str, int] = {}
-            for r in records:
-                if r.dest_name in first_dest:
-                    problem(
-                        f"record #{r.index}: DEST_MODULE_NAME '{r.dest_name}' is already used by record "
-                        f"#{first_dest[r.dest_name]}.",
-                        "DEST_MODULE_NAME"
-                        if r.index in values.get("DEST_MODULE_NAME", {})
-                        else "BUILT_MODULE_NAME",
-                        r.index,
-                    )
-                first_dest.setdefault(r.dest_name, r.index)
+            # a built module may be collected once, and a destination name used once
+            checks = (
+                ("BUILT_MODULE_NAME", lambda r: r.built_path, "module '{}' is already built by record #{}."),
+                (
+                    "DEST_MODULE_NAME",
+                    lambda r: r.dest_name,
+                    "DEST_MODULE_NAME '{}' is already used by record #{}.",
+                ),
+            )
+            for directive, key, message in checks:
+                first: Dict[str, int] = {}
+                for r in records:
+                    if key(r) in first:
+                        set_by = directive if r.index in values.get(directive, {}) else "BUILT_MODULE_NAME"
+                        problem(
+                            f"record #{r.index}: " + message.format(key(r), first[key(r)]), set_by, r.index
+                        )
+                    first.setdefault(key(r), r.index)
 
         if errors:
             raise ConfError(
