@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from .confeval import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, evaluate
 from .confeval.protocol import DKMS_CONF_WHITELIST
@@ -395,7 +395,7 @@ class ConfReader:
             if num_modules == 0 and report is not None:
                 report.warn(f"{conf}: zero modules specified.")
             # a built module may be collected once, and a destination name used once
-            checks = (
+            checks: Tuple[Tuple[str, Callable[[ModuleRecord], str], str], ...] = (
                 ("BUILT_MODULE_NAME", lambda r: r.built_path, "module '{}' is already built by record #{}."),
                 (
                     "DEST_MODULE_NAME",
@@ -406,12 +406,11 @@ class ConfReader:
             for directive, key, message in checks:
                 first: Dict[str, int] = {}
                 for r in records:
-                    if key(r) in first:
+                    name_ = key(r)
+                    if name_ in first:
                         set_by = directive if r.index in values.get(directive, {}) else "BUILT_MODULE_NAME"
-                        problem(
-                            f"record #{r.index}: " + message.format(key(r), first[key(r)]), set_by, r.index
-                        )
-                    first.setdefault(key(r), r.index)
+                        problem(f"record #{r.index}: " + message.format(name_, first[name_]), set_by, r.index)
+                    first.setdefault(name_, r.index)
 
         if errors:
             raise ConfError(
