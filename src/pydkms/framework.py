@@ -152,17 +152,30 @@ def _evaluate_files(
     return values
 
 
+def _readable_file(path: Path) -> bool:
+    """An existing file we can read; one we cannot is reported and skipped (§1)."""
+    try:
+        if not path.is_file():
+            return False
+    except OSError:
+        return False
+    if not os.access(path, os.R_OK):
+        print(f"Warning: {path}: skipped, it is not readable.", file=sys.stderr)
+        return False
+    return True
+
+
 def framework_files(etc: Path, extra: Sequence[Path] = ()) -> Tuple[Path, ...]:
     files: List[Path] = []
     main = etc / "framework.conf"
-    if main.is_file():
+    if _readable_file(main):
         files.append(main)
     dropin = etc / "framework.conf.d"
     try:
         names = sorted((p.name for p in dropin.iterdir() if p.name.endswith(".conf")), key=os.fsencode)
     except OSError:
         names = []
-    files.extend(dropin / n for n in names if (dropin / n).is_file())
+    files.extend(dropin / n for n in names if _readable_file(dropin / n))
     for path in extra:
         if not os.access(path, os.R_OK) or not path.is_file():
             raise DkmsError(
