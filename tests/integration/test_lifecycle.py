@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+
 from tests.conftest import ARCH, Scratch
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+
 from tests.conftest import FIXTURES, Scratch
 
 INVALID = FIXTURES / "invalid"
