@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import builder, installer, runner
 from .errors import DkmsError
@@ -95,8 +95,8 @@ def add(
     *,
     source_path: Optional[Path] = None,
     archive: Optional[Path] = None,
-) -> int:
-    """``dkms add`` (cli.md §8.1). Returns 0; raises DkmsError."""
+) -> Tuple[str, str]:
+    """``dkms add`` (cli.md §8.1); returns the module and version added. Raises DkmsError."""
     created: Optional[Path] = None
     try:
         if archive is not None and not m and not v:
@@ -110,7 +110,7 @@ def add(
         require_mv(m, v, "add")
         assert m and v
         _register(session, m, v, kernel)
-        return 0
+        return m, v
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
@@ -233,28 +233,15 @@ def ensure_added(
     v: Optional[str],
     target: Target,
     *,
+    action: str,
     source_path: Optional[Path] = None,
-    archive: Optional[Path] = None,
-) -> tuple[str, str]:
-    """The auto-add of build/install (cli.md §8.2)."""
+) -> Tuple[str, str]:
+    """The auto-add of build/install (cli.md §8.2): add unless m/v is already added."""
     if m and v and session.tree.is_added(m, v):
         return m, v
-    if source_path is not None and not m and not v:
-        created: Optional[Path] = None
-        try:
-            m, v, created = _add_from_path(session, source_path, target)
-            if session.tree.is_added(m, v):
-                return m, v
-            _register(session, m, v, target)
-        except BaseException:
-            if created is not None:
-                shutil.rmtree(created, ignore_errors=True)
-            raise
-        session.console.info("")
-        return m, v
-    require_mv(m, v, "build")
-    assert m and v
-    _register(session, m, v, target)
+    if not (source_path is not None and not m and not v):
+        require_mv(m, v, action)
+    m, v = add(session, m, v, target, source_path=source_path)
     session.console.info("")
     return m, v
 

@@ -170,13 +170,14 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
     targets = [Target(k, a) for k, a in pairs]
     first = targets[0] if targets else Target(default_kernel(), default_arch_for(session)(default_kernel()))
     if action == "add":
-        return api.add(session, m, v, first, source_path=inv.source_path, archive=inv.archive)
+        api.add(session, m, v, first, source_path=inv.source_path, archive=inv.archive)
+        return 0
     if action in ("build", "install"):
         if inv.archive is not None and not m and not v:
             raise DkmsError(
                 1, f"Loading archives ({inv.archive}) is not supported by this version of pydkms yet."
             )
-        m, v = api.ensure_added(session, m, v, first, source_path=inv.source_path)
+        m, v = api.ensure_added(session, m, v, first, action=action, source_path=inv.source_path)
         api.check_not_broken(session, m, v)
         if action == "build":
             return api.build(session, m, v, targets)
