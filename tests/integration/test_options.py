@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
@@ -177,18 +179,15 @@ def test_failed_build_leaves_no_partial_state(scratch: Scratch, kernel: str) -> 
     append_conf(src, 'MAKE[0]="sleep 30"\n')
     proc = subprocess.Popen(
         [*scratch.dkms_argv("build", "hello/1.0", "-k", kernel)], env=scratch.env(), cwd=scratch.root,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     log = scratch.dkms_tree / "hello/1.0/build/make.log"
     for _ in range(300):
         if log.exists() and "sleep 30" in log.read_text():
             break
-        import time
-
         time.sleep(0.05)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # dkms, its bash and the "make", as a crash would
     proc.wait()
-    subprocess.run(["pkill", "-f", "sleep 30"], check=False)
     assert scratch.status() == ["hello/1.0: added"]
     assert not (scratch.dkms_tree / "hello/1.0" / kernel / ARCH).exists()
     # the lock died with the process: the next run proceeds and succeeds
@@ -210,8 +209,6 @@ def test_concurrent_invocations_wait_for_each_other(scratch: Scratch, kernel: st
         scratch.dkms_argv("build", "hello/1.0", "-k", kernel), env=scratch.env(), cwd=scratch.root,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    import time
-
     log = scratch.dkms_tree / "hello/1.0/build/make.log"
     for _ in range(200):
         if log.exists() and "pre_build" in log.read_text():
