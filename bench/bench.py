@@ -173,6 +173,33 @@ def bench_status(work: Path, upstreams: Dict[str, Path], kernels: Sequence[str],
                 print(f"  ratio {label.split(' (')[0]} / {mine}: {ratio:6.1f}x")
 
 
+def upstream_series(
+    work: Path, tag: str, name: str, script: Path, kernel: str, make_source: Callable[[Trees], None], mv: str
+) -> Tuple[str, Callable[[], None], Callable[[], None]]:
+    """Set up twin trees for upstream ``name`` and return its timed install / reset steps.
+
+    The first install (which creates upstream's MOK key) is done here, untimed.
+    """
+    t = Trees(work / f"{tag}-upstream-{name}", [kernel])
+    make_source(t)
+    var_lib = work / f"{tag}-varlib-{name}"
+    var_lib.mkdir()
+
+    def up(*args: str) -> None:
+        p = run_isolated(["bash", str(script), *args, *t.args()], var_lib_dkms=var_lib, env={"LC_ALL": "C"})
+        if p.returncode != 0:
+            raise RuntimeError(f"upstream {' '.join(args)} failed:\n{p.stdout}{p.stderr}")
+
+    up("add", mv)
+    up("install", mv, "-k", kernel)
+    up("unbuild", mv, "-k", kernel)
+    return (
+        f"upstream {name} build+install",
+        lambda: up("install", mv, "-k", kernel),
+        lambda: up("unbuild", mv, "-k", kernel),
+    )
+
+
 # ---- 2. build + install --------------------------------------------------------------------------
 def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) -> None:
     jobs = str(os.cpu_count() or 1)
@@ -223,24 +250,15 @@ def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) 
         iso_overhead = statistics.median(iso)
         print(f"  (namespace overhead for upstream runs: {iso_overhead * 1000:.1f} ms, subtracted)")
     for name, script in upstreams.items():
-        t = Trees(work / f"build-upstream-{name}", [kernel])
-        shutil.copytree(HELLO, t.src / "hello-1.0")
-        var_lib = work / f"varlib-{name}"
-        var_lib.mkdir()
-
-        def up(*args: str, s: Path = script, tr: Trees = t, vl: Path = var_lib) -> None:
-            p = run_isolated(["bash", str(s), *args, *tr.args()], var_lib_dkms=vl, env={"LC_ALL": "C"})
-            if p.returncode != 0:
-                raise RuntimeError(f"upstream {' '.join(args)} failed:\n{p.stdout}{p.stderr}")
-
-        up("add", "hello/1.0")
-        up("install", "hello/1.0", "-k", kernel)  # first build creates the MOK key; not timed
-        up("unbuild", "hello/1.0", "-k", kernel)
         series.append(
-            (
-                f"upstream {name} build+install",
-                lambda up=up: up("install", "hello/1.0", "-k", kernel),
-                lambda up=up: up("unbuild", "hello/1.0", "-k", kernel),
+            upstream_series(
+                work,
+                "build",
+                name,
+                script,
+                kernel,
+                lambda t: shutil.copytree(HELLO, t.src / "hello-1.0"),
+                "hello/1.0",
             )
         )
     for label, _fn, _prep in series:
@@ -311,26 +329,7 @@ def bench_pipeline(work: Path, upstreams: Dict[str, Path], kernel: str, runs: in
     )
     iso_overhead = statistics.median(time_runs(lambda: run_isolated(["true"]), 5)) if upstreams else 0.0
     for name, script in upstreams.items():
-        t = Trees(work / f"pipeline-upstream-{name}", [kernel])
-        make_source(t)
-        var_lib = work / f"pipeline-varlib-{name}"
-        var_lib.mkdir()
-
-        def up(*args: str, s: Path = script, tr: Trees = t, vl: Path = var_lib) -> None:
-            p = run_isolated(["bash", str(s), *args, *tr.args()], var_lib_dkms=vl, env={"LC_ALL": "C"})
-            if p.returncode != 0:
-                raise RuntimeError(f"upstream {' '.join(args)} failed:\n{p.stdout}{p.stderr}")
-
-        up("add", "fast/1.0")
-        up("install", "fast/1.0", "-k", kernel)
-        up("unbuild", "fast/1.0", "-k", kernel)
-        series.append(
-            (
-                f"upstream {name} build+install",
-                lambda up=up: up("install", "fast/1.0", "-k", kernel),
-                lambda up=up: up("unbuild", "fast/1.0", "-k", kernel),
-            )
-        )
+        series.append(upstream_series(work, "pipeline", name, script, kernel, make_source, "fast/1.0"))
     results: Dict[str, List[float]] = {label: [] for label, _f, _p in series}
     for _ in range(runs):
         for label, fn, prep in series:

@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 
@@ -21,6 +21,7 @@ from pydkms.confeval import (
     evaluate_many,
 )
 from pydkms.confeval import bash as confbash
+from tests.support.confs import write_confs
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed")
 
@@ -34,15 +35,6 @@ def env(**extra: str) -> Dict[str, str]:
     return base
 
 
-def write(tmp_path: Path, *texts: str | bytes) -> List[Path]:
-    files = []
-    for k, t in enumerate(texts):
-        p = tmp_path / f"f{k}.conf"
-        p.write_bytes(t.encode() if isinstance(t, str) else t)
-        files.append(p)
-    return files
-
-
 def run(
     tmp_path: Path,
     *texts: str | bytes,
@@ -51,7 +43,7 @@ def run(
     injections: Sequence[Tuple[str, str]] = (),
     timeout: Optional[float] = None,
 ) -> EvalResult:
-    files = write(tmp_path, *texts)
+    files = write_confs(tmp_path, *texts)
     req = EvalRequest(
         tuple(files),
         W,
@@ -122,7 +114,7 @@ def test_cwd_is_callers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_crlf_normalised_copy_only_when_needed(tmp_path: Path) -> None:
-    (plain,) = write(tmp_path, "X=$BASH_SOURCE\n")
+    (plain,) = write_confs(tmp_path, "X=$BASH_SOURCE\n")
     res = evaluate(EvalRequest((plain,), W, CTX, env(), mode=EvalMode.BASH))
     assert res.values["X"][0] == str(plain)
     crlf = tmp_path / "crlf.conf"
@@ -155,7 +147,7 @@ def test_exit_in_a_file(tmp_path: Path) -> None:
 
 
 def test_evaluate_many_uses_one_process(tmp_path: Path) -> None:
-    files = write(tmp_path, 'X=$$\nMAKE="make $kernelver"\nY=${only_first-absent}\n')
+    files = write_confs(tmp_path, 'X=$$\nMAKE="make $kernelver"\nY=${only_first-absent}\n')
     req = EvalRequest(tuple(files), W, {}, env(), mode=EvalMode.BASH)
     ctxs = [{"kernelver": "1", "only_first": "here"}, {"kernelver": "2"}, {"kernelver": "3"}]
     res = evaluate_many(req, ctxs)
@@ -167,14 +159,14 @@ def test_evaluate_many_uses_one_process(tmp_path: Path) -> None:
 
 
 def test_evaluate_many_restores_environment_value(tmp_path: Path) -> None:
-    files = write(tmp_path, "Y=$FOO\n")
+    files = write_confs(tmp_path, "Y=$FOO\n")
     req = EvalRequest(tuple(files), W, {}, env(FOO="env"), mode=EvalMode.BASH)
     res = evaluate_many(req, [{"FOO": "ctx"}, {}])
     assert [r.values["Y"][0] for r in res] == ["ctx", "env"]
 
 
 def test_stderr_per_context(tmp_path: Path) -> None:
-    files = write(tmp_path, "echo k=$kernelver >&2\n")
+    files = write_confs(tmp_path, "echo k=$kernelver >&2\n")
     req = EvalRequest(tuple(files), W, {}, env(), mode=EvalMode.BASH)
     res = evaluate_many(req, [{"kernelver": "1"}, {"kernelver": "2"}])
     assert [r.stderr for r in res] == ["k=1\n", "k=2\n"]
@@ -194,20 +186,20 @@ def test_default_timeout_is_60s() -> None:
 def test_temporary_files_are_removed(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    files = write(tmp_path, "X=1\r\n", "Y=2\n")
+    files = write_confs(tmp_path, "X=1\r\n", "Y=2\n")
     req = EvalRequest(tuple(files), W, CTX, env(TMPDIR=str(tmp)), mode=EvalMode.BASH)
     assert vals(evaluate(req)) == {"X": {0: "1"}, "Y": {0: "2"}}
     assert list(tmp.iterdir()) == []
 
 
 def test_missing_bash_is_a_clear_error(tmp_path: Path) -> None:
-    (f,) = write(tmp_path, "X=1\n")
+    (f,) = write_confs(tmp_path, "X=1\n")
     with pytest.raises(BashEvaluationError, match="bash not found"):
         confbash.evaluate_bash_many([f], W, [CTX], {"PATH": str(tmp_path)}, bash="no-such-bash-here")
 
 
 def test_invalid_names_rejected(tmp_path: Path) -> None:
-    (f,) = write(tmp_path, "X=1\n")
+    (f,) = write_confs(tmp_path, "X=1\n")
     with pytest.raises(ValueError):
         evaluate(EvalRequest((f,), ("X", "bad name"), CTX, env(), mode=EvalMode.BASH))
     with pytest.raises(ValueError):

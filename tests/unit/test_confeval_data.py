@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 
@@ -23,6 +23,7 @@ from pydkms.confeval import (
 )
 from pydkms.confeval import data as confdata
 from pydkms.confeval import glob as confglob
+from tests.support.confs import write_confs
 
 W = ("PACKAGE_NAME", "PACKAGE_VERSION", "MAKE", "CLEAN", "BUILT_MODULE_NAME", "X", "Y", "Z")
 CTX = {
@@ -34,15 +35,6 @@ CTX = {
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/root", "FOO": "foo  val", "LANG": "C"}
 
 
-def write(tmp_path: Path, *texts: str | bytes) -> List[Path]:
-    files = []
-    for k, t in enumerate(texts):
-        p = tmp_path / f"f{k}.conf"
-        p.write_bytes(t.encode() if isinstance(t, str) else t)
-        files.append(p)
-    return files
-
-
 def run(
     tmp_path: Path,
     *texts: str | bytes,
@@ -52,7 +44,7 @@ def run(
     injections: Sequence[Tuple[str, str]] = (),
     strict: bool = True,
 ) -> EvalResult:
-    files = write(tmp_path, *texts)
+    files = write_confs(tmp_path, *texts)
     req = EvalRequest(
         tuple(files),
         tuple(whitelist),
@@ -308,7 +300,7 @@ def test_context_name_that_is_whitelisted(tmp_path: Path) -> None:
 
 
 def test_evaluate_many(tmp_path: Path) -> None:
-    files = write(tmp_path, "MAKE='make $kernelver'\nX=$arch\n")
+    files = write_confs(tmp_path, "MAKE='make $kernelver'\nX=$arch\n")
     req = EvalRequest(tuple(files), W, {"arch": "x86_64"}, ENV, mode=EvalMode.DATA)
     res = evaluate_many(req, [{"kernelver": "1"}, {"kernelver": "2", "arch": "arm64"}])
     assert [vals(r) for r in res] == [
@@ -459,7 +451,7 @@ def test_lenient_runtime_failure_restores_statement(tmp_path: Path) -> None:
 
 
 def test_auto_falls_back_to_bash(tmp_path: Path) -> None:
-    files = write(tmp_path, "X=1\nY=$(echo hi)\n")
+    files = write_confs(tmp_path, "X=1\nY=$(echo hi)\n")
     res = evaluate(EvalRequest(tuple(files), W, CTX, dict(os.environ)))
     assert res.evaluator == "bash"
     assert res.outside is not None and res.outside.line == 2
@@ -529,7 +521,7 @@ def test_non_c_locale_multiple_matches_is_outside(tmp_path: Path) -> None:
 
 
 def test_parse_cache(tmp_path: Path) -> None:
-    (f,) = write(tmp_path, "X=1\n")
+    (f,) = write_confs(tmp_path, "X=1\n")
     a = confdata.parse_file(f)
     assert confdata.parse_file(f) is a
     f.write_text("X=22\n")
@@ -538,7 +530,7 @@ def test_parse_cache(tmp_path: Path) -> None:
 
 
 def test_speed(tmp_path: Path) -> None:
-    files = write(
+    files = write_confs(
         tmp_path,
         'PACKAGE_NAME="acpi-call"\nPACKAGE_VERSION="1.2.2"\n'
         'MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build"\n'
