@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 from .kernel import compressed_or_uncompressed
 from .modinfo import version_info
 from .moduleconf import ModuleRecord
+from .tree import INSTALL_FINGERPRINT
 
 FINGERPRINT_VERSION = 1
 
@@ -100,8 +101,8 @@ def write_fingerprint(target_dir: Path, entries: List[FingerprintEntry]) -> None
             for e in entries
         ],
     }
-    path = target_dir / ".pydkms-install.json"
-    tmp = target_dir / f".pydkms-install.json.{os.getpid()}"
+    path = target_dir / INSTALL_FINGERPRINT
+    tmp = target_dir / f"{INSTALL_FINGERPRINT}.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, sort_keys=True)
         fh.write("\n")
@@ -110,7 +111,7 @@ def write_fingerprint(target_dir: Path, entries: List[FingerprintEntry]) -> None
 
 def read_fingerprint(target_dir: Path) -> Dict[str, FingerprintEntry]:
     try:
-        with open(target_dir / ".pydkms-install.json", encoding="utf-8") as fh:
+        with open(target_dir / INSTALL_FINGERPRINT, encoding="utf-8") as fh:
             data = json.load(fh)
         if data.get("schema") != "pydkms-install" or data.get("version") != FINGERPRINT_VERSION:
             return {}
@@ -144,6 +145,6 @@ def fingerprint_for(record: ModuleRecord, built: Path, installed: Path) -> Optio
 
 def remove_fingerprint(target_dir: Path) -> None:
     try:
-        (target_dir / ".pydkms-install.json").unlink()
+        (target_dir / INSTALL_FINGERPRINT).unlink()
     except OSError:
         pass

@@ -12,7 +12,7 @@ import glob
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 from . import kernel as kernel_mod
 from . import runner
@@ -72,26 +72,6 @@ def move_file(src: Path, dest: Path) -> None:
         os.unlink(src)
 
 
-def _find_order(root: Path, names: set[str]) -> Iterator[Path]:
-    """Regular files with one of ``names`` under ``root``, in ``find`` order (readdir, pre-order)."""
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return
-    for e in entries:
-        try:
-            if e.name in names and e.is_file(follow_symlinks=False):
-                yield Path(e.path)
-            if e.is_dir(follow_symlinks=False):
-                yield from _find_order(Path(e.path), names)
-        except OSError:
-            continue
-
-
-def _module_names(name: str, suffix: str) -> set[str]:
-    return {f"{name}.ko", f"{name}.ko{suffix}"} if suffix else {f"{name}.ko"}
-
-
 # ---- install -------------------------------------------------------------------------------------
 def forced_install(m: str) -> Optional[str]:
     """'force' or 'version-override' if /usr/share/dkms/modules_to_force_install lists m."""
@@ -132,7 +112,7 @@ def version_sanity(
         console.notice("You may override by specifying --force.")
         return False
     install_dir = session.settings.install_tree / k
-    existing = kernel_mod.find_module_files(install_dir, record.dest_name, suffix)
+    existing = list(kernel_mod.find_module_files(install_dir, record.dest_name, suffix))
     if not existing or force_version_override:
         return True
     if len(existing) > 1:
@@ -193,7 +173,7 @@ def archive_original(
         found = compressed_or_uncompressed(d, n, suffix)
         if found is not None:
             candidates.append(found)
-    candidates.extend(_find_order(kdir, _module_names(n, suffix)))
+    candidates.extend(kernel_mod.find_module_files(kdir, n, suffix))
     for original in candidates:
         if not original.is_file() or same_contents(original, built):
             continue
@@ -205,16 +185,6 @@ def archive_original(
         os.replace(tmp_origin, origin)
         move_file(original, backup / original.name)
         return
-
-
-def _installed_record_files(
-    session: Session, conf: ModuleConf, target: Target, suffix: str
-) -> Iterator[tuple[ModuleRecord, Path]]:
-    T = session.tree.built_module_dir(conf.module, conf.version, target.kernel, target.arch)
-    for r in conf.records:
-        built = compressed_or_uncompressed(T, r.dest_name, suffix)
-        if built is not None:
-            yield r, built
 
 
 def install(session: Session, m: str, v: str, target: Target, *, build_if_needed: bool = True) -> int:

@@ -7,7 +7,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from . import runner
 
@@ -138,23 +138,24 @@ def module_suffix(install_tree: Path, release: str, *, refresh: bool = False) ->
     return suffix
 
 
-def forget_suffix(install_tree: Path, release: str) -> None:
-    _suffix_cache.pop((str(install_tree), release), None)
+def find_module_files(root: Path, name: str, suffix: str) -> Iterator[Path]:
+    """Regular files ``name.ko`` / ``name.ko<suffix>`` under ``root``, in ``find`` order.
 
-
-def find_module_files(root: Path, name: str, suffix: str) -> List[Path]:
-    """Regular files named ``name.ko`` or ``name.ko<suffix>`` anywhere under ``root`` (no symlinks)."""
-    wanted = {f"{name}.ko"}
-    if suffix:
-        wanted.add(f"{name}.ko{suffix}")
-    out: List[Path] = []
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for fn in filenames:
-            if fn in wanted:
-                p = Path(dirpath) / fn
-                if p.is_file() and not p.is_symlink():
-                    out.append(p)
-    return out
+    Symlinks are neither returned nor followed; readdir order, pre-order, like ``find``.
+    """
+    wanted = {f"{name}.ko", f"{name}.ko{suffix}"} if suffix else {f"{name}.ko"}
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for e in entries:
+        try:
+            if e.name in wanted and e.is_file(follow_symlinks=False):
+                yield Path(e.path)
+            if e.is_dir(follow_symlinks=False):
+                yield from find_module_files(Path(e.path), name, suffix)
+        except OSError:
+            continue
 
 
 def compressed_or_uncompressed(directory: Path, name: str, suffix: str) -> Optional[Path]:
@@ -171,10 +172,8 @@ def compressed_or_uncompressed(directory: Path, name: str, suffix: str) -> Optio
 
 @dataclass(frozen=True)
 class DepmodResult:
-    ran: bool
     returncode: int
     output: str
-    notice: str = ""
 
 
 def depmod_plan(install_tree: Path, release: str) -> Union[List[str], str]:
@@ -204,11 +203,8 @@ def depmod_plan(install_tree: Path, release: str) -> Union[List[str], str]:
     return argv
 
 
-def depmod(install_tree: Path, release: str, plan: Optional[List[str]] = None) -> DepmodResult:
-    """Run depmod for K; afterwards drop the empty output of a kernel whose last module went."""
-    argv = plan if plan is not None else depmod_plan(install_tree, release)
-    if isinstance(argv, str):
-        return DepmodResult(False, 0, "", argv)
+def depmod(install_tree: Path, release: str, argv: List[str]) -> DepmodResult:
+    """Run ``argv`` (from :func:`depmod_plan`); then drop the empty output of a kernel whose last module went."""
     kdir = install_tree / release
     proc = runner.run(argv, stderr=subprocess.STDOUT)
     output = proc.stdout.decode(errors="replace")
@@ -232,4 +228,4 @@ def depmod(install_tree: Path, release: str, plan: Optional[List[str]] = None) -
             kdir.rmdir()
         except OSError:
             pass
-    return DepmodResult(True, proc.returncode, output)
+    return DepmodResult(proc.returncode, output)

@@ -84,12 +84,6 @@ class Tree:
     def built_module_dir(self, m: str, v: str, k: str, a: str) -> Path:
         return self.target_dir(m, v, k, a) / "module"
 
-    def log_dir(self, m: str, v: str, k: str, a: str) -> Path:
-        return self.target_dir(m, v, k, a) / "log"
-
-    def fingerprint_file(self, m: str, v: str, k: str, a: str) -> Path:
-        return self.target_dir(m, v, k, a) / INSTALL_FINGERPRINT
-
     def kernel_link(self, m: str, k: str, a: str) -> Path:
         return self.dkms_tree / m / f"kernel-{k}-{a}"
 
@@ -245,13 +239,6 @@ class Tree:
             for n in _sorted_bytes(_listdir(vdir))
             if not n.startswith(".") and n not in RESERVED_VERSION_ENTRIES and _is_dir(vdir / n)
         ]
-
-    def installed_modules_on(self, k: str, a: str) -> Iterator[Tuple[str, str]]:
-        """Every (m, v) whose kernel-K-A link resolves to a build (byte order of m)."""
-        for m in self.modules():
-            v = self.installed_version(m, k, a)
-            if v is not None:
-                yield m, v
 
     def source_entries(self, m: str, v: str) -> List[str]:
         """Non-hidden entries of the added source dir (the binaries-only guard)."""
