@@ -57,7 +57,7 @@ def prepare_kernel(session: Session, kernel: Kernel) -> None:
             hint=f"Install the linux-headers-{kernel.release} package, or point --kernelsourcedir at the "
             "kernel build directory.",
         )
-    session.postprocessor.prepare(kernel, session.console)
+    session.pipeline.prepare(kernel, session.console)
     session.mark_prepared(kernel.release, kernel.arch)
 
 
@@ -231,7 +231,7 @@ def _stage_and_commit(
                 continue
             staged = module_dir / f"{r.dest_name}.ko"
             shutil.copy2(built, staged)
-            result = session.postprocessor.process(StageInput(staged, r, kernel, suffix, build_env), console)
+            result = session.pipeline.process(StageInput(staged, r, kernel, suffix, build_env), console)
             if result != staged and staged.exists() and result.exists():
                 staged.unlink()
         for r in conf.records:

@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from .lock import TreeLock
 
 MV_ACTIONS = ("add", "build", "install", "uninstall", "unbuild", "remove")
-IMPLEMENTED = (*MV_ACTIONS, "status")
+#: actions of the kernel-upgrade machinery (autoinstall-hooks.md §1-3), in :mod:`pydkms.upgrade`
+UPGRADE_ACTIONS = ("autoinstall", "kernel_preinst", "kernel_postinst", "kernel_prerm", "match")
+#: key management and re-signing (build-install.md §3, autoinstall-hooks.md §4), in :mod:`pydkms.signing`
+SIGNING_ACTIONS = ("generate_mok", "sign")
+IMPLEMENTED = (*MV_ACTIONS, *UPGRADE_ACTIONS, *SIGNING_ACTIONS, "status")
 
 
 def default_kernel() -> str:
@@ -233,10 +237,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_status(session, inv)
         if inv.action not in IMPLEMENTED:
             raise DkmsError(1, f"The '{inv.action}' action is not implemented by this version of pydkms yet.")
+        if inv.action == "generate_mok":
+            from . import signing
+
+            return signing.run_generate_mok(session, inv)
         from .lock import TreeLock
 
         lock = TreeLock(session.settings.dkms_tree, session.tree.lock_file())
         lock.acquire(console.notice)
+        if inv.action in UPGRADE_ACTIONS:
+            from . import upgrade
+
+            return upgrade.run_action(session, inv)
+        if inv.action == "sign":
+            from . import signing
+
+            return signing.run_sign(session, inv)
         return run_mv_action(session, inv)
     except DkmsError as exc:
         if debug:

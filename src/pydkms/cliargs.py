@@ -45,6 +45,7 @@ ACTIONS: tuple[str, ...] = (
     "mktarball",
     "ldtarball",
     "generate_mok",
+    "sign",
     "mkdeb",
     "mkdsc",
     "mkbmdeb",
@@ -65,6 +66,10 @@ ALL_BANNED_ACTIONS: tuple[str, ...] = (
     "match",
     *KERNEL_HOOK_ACTIONS,
 )
+
+
+#: Actions that accept ``--all-kernels`` (every installed kernel with headers; our extension).
+ALL_KERNELS_ACTIONS: tuple[str, ...] = ("build", "install", "autoinstall", "sign")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +104,8 @@ class Invocation:
     kernels: tuple[str, ...] = ()
     arches: tuple[str, ...] = ()
     all: bool = False
+    #: ``--all-kernels``: every kernel under the install tree that has headers (our extension)
+    all_kernels: bool = False
     source_path: Optional[Path] = None
     archive: Optional[Path] = None
     conf: Optional[Path] = None
@@ -221,6 +228,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--spec", None, True, "spec", "file", seed=True),
     Option("--legacy-postinst", None, True, "legacy_postinst", "0|1", seed=True),
     Option("--json", None, False, "json", seed=True),
+    Option("--all-kernels", None, False, "all_kernels", seed=True),
 )
 
 
@@ -415,6 +423,7 @@ class _Parser:
             kernels=tuple(self.kernels),
             arches=tuple(self.arches),
             all="all" in self.flags,
+            all_kernels="all_kernels" in self.flags,
             source_path=self.source_path,
             archive=self.archive,
             conf=_path(values["conf"]) if "conf" in values else None,
@@ -478,6 +487,12 @@ def _post_parse_checks(p: _Parser) -> None:
         raise p.error(3, "You cannot specify an arch and also --all.")
     if all_ and p.action in ALL_BANNED_ACTIONS:
         raise p.error(5, f"The action {p.action} does not support the --all parameter.")
+    if "all_kernels" in p.flags and p.kernels:
+        raise p.error(2, "You cannot specify a kernel version and also --all-kernels.")
+    if "all_kernels" in p.flags and all_:
+        raise p.error(2, "--all (every kernel the module is built for) and --all-kernels cannot be combined.")
+    if "all_kernels" in p.flags and p.action not in ALL_KERNELS_ACTIONS:
+        raise p.error(5, f"The action {p.action} does not support the --all-kernels parameter.")
     if p.action in KERNEL_HOOK_ACTIONS and len(p.kernels) != 1:
         raise p.error(
             4,

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import List, Protocol
 
 from . import runner
+from .distro import Distro
+from .framework import Settings
 from .kernel import Kernel
 from .moduleconf import ModuleRecord
 from .output import Console
@@ -64,6 +66,11 @@ class PostProcessor:
 
     def __init__(self) -> None:
         self._stages: List[Stage] = [StripStage()]
+
+    @classmethod
+    def default(cls, settings: Settings, distro: Distro) -> PostProcessor:
+        """The pipeline every build uses, configured from framework.conf and the distro family."""
+        return cls()
 
     def stages(self) -> List[Stage]:
         return list(self._stages)

@@ -43,7 +43,8 @@ class Session:
     options: Options = field(default_factory=Options)
     console: Console = field(default_factory=Console)
     distro: Optional[distro_mod.Distro] = None
-    postprocessor: PostProcessor = field(default_factory=PostProcessor)
+    #: strip -> sign -> compress; built from the settings when not given
+    postprocessor: Optional[PostProcessor] = None
     _kernels: Dict[Tuple[str, str], Kernel] = field(default_factory=dict)
     _prepared: Set[Tuple[str, str]] = field(default_factory=set)
     _confs: Optional[ConfReader] = None
@@ -52,6 +53,13 @@ class Session:
     def __post_init__(self) -> None:
         if self.distro is None:
             self.distro = distro_mod.detect()
+        if self.postprocessor is None:
+            self.postprocessor = PostProcessor.default(self.settings, self.distro)
+
+    @property
+    def pipeline(self) -> PostProcessor:
+        assert self.postprocessor is not None
+        return self.postprocessor
 
     @property
     def family(self) -> distro_mod.Distro:

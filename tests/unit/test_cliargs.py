@@ -61,6 +61,7 @@ def test_actions_list_is_complete() -> None:
         "mktarball",
         "ldtarball",
         "generate_mok",
+        "sign",
         "mkdeb",
         "mkdsc",
         "mkbmdeb",
@@ -1127,3 +1128,23 @@ def test_usage_mentions_every_action_and_option() -> None:
             assert (opt.long or opt.short or "") in text
     assert "--no-initrd" not in text
     assert all(len(line) <= 110 for line in text.splitlines())
+
+
+@pytest.mark.parametrize("action", ["build", "install", "autoinstall", "sign"])
+def test_all_kernels_is_accepted_by_the_building_actions(action: str) -> None:
+    assert parse_args([action, "m/1", "--all-kernels"]).all_kernels
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["build", "m/1", "--all-kernels", "-k", "6.1.0-1-amd64"], 2),
+        (["remove", "m/1", "--all-kernels", "--all"], 2),
+        (["remove", "m/1", "--all-kernels"], 5),
+        (["status", "--all-kernels"], 5),
+    ],
+)
+def test_all_kernels_conflicts(argv: list[str], code: int) -> None:
+    with pytest.raises(CommandLineError) as info:
+        parse_args(argv)
+    assert info.value.code == code
