@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, List, Optional, Sequence, Tuple
 
 from . import builder, installer, runner
 from .errors import DkmsError
@@ -258,32 +259,154 @@ def _already(session: Session, m: str, v: str, t: Target, done: bool, what: str)
     return False
 
 
+def build_one(session: Session, m: str, v: str, t: Target) -> int:
+    built = session.tree.is_built(m, v, t.kernel, t.arch)
+    if _already(session, m, v, t, built, "built"):
+        return 0
+    if built:
+        installer.unbuild_target(session, m, v, t)
+    return builder.build(session, m, v, t)
+
+
 def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
-    def one(t: Target) -> int:
-        built = session.tree.is_built(m, v, t.kernel, t.arch)
-        if _already(session, m, v, t, built, "built"):
-            return 0
-        if built:
-            installer.unbuild_target(session, m, v, t)
-        return builder.build(session, m, v, t)
-
-    return _each_target(session, targets, one)
+    """``dkms build``: every target; several targets are built at the same time (planner)."""
+    if len(targets) < 2:
+        return _each_target(session, targets, lambda t: build_one(session, m, v, t))
+    return _run_plan(session, m, v, targets, lambda s, t, _lock: build_one(s, m, v, t))
 
 
-def install(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
-    def one(t: Target) -> int:
-        installed = session.tree.is_installed(m, v, t.kernel, t.arch)
-        if _already(session, m, v, t, installed, "installed"):
-            return 0
+def install_one(session: Session, m: str, v: str, t: Target, commit: ContextManager[object]) -> int:
+    """One-kernel install (cli.md §8.3); the build part runs outside ``commit``, the rest inside."""
+    tree = session.tree
+    installed = tree.is_installed(m, v, t.kernel, t.arch)
+    if _already(session, m, v, t, installed, "installed"):
+        return 0
+    if not installed and not tree.is_built(m, v, t.kernel, t.arch):
+        status = builder.build(session, m, v, t)
+        if status:
+            return status
+    with commit:
         if installed:
             installer.uninstall(session, m, v, t)
             session.console.info("")
-        return installer.install(session, m, v, t)
+        status = installer.install(session, m, v, t)
+        if status == 0:
+            rebuild_dependents(session, t)
+    return status
 
-    status = _each_target(session, targets, one)
+
+def install(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    """``dkms install``: every target (built concurrently when several), post_transaction on success."""
+    if len(targets) < 2:
+        status = _each_target(session, targets, lambda t: install_one(session, m, v, t, nullcontext()))
+    else:
+        status = _run_plan(session, m, v, targets, lambda s, t, lock: install_one(s, m, v, t, lock))
     if status == 0:
         run_post_transaction(session, targets)
     return status
+
+
+def _run_plan(
+    session: Session,
+    m: str,
+    v: str,
+    targets: Sequence[Target],
+    one: Callable[[Session, Target, ContextManager[object]], int],
+) -> int:
+    """One m/v on several targets through the planner; aggregated like :func:`_each_target`."""
+    from .planner import Executor, Job
+
+    executor = Executor.for_session(session)
+    jobs = [Job(m, v, t) for t in targets]
+    outcomes = executor.run(jobs, lambda s, job: one(s, job.target, executor.commit_lock))
+    codes = [outcomes[j].code for j in jobs]
+    depmod_status = executor.run_deferred_depmod()
+    failed = [
+        f"{j.target.kernel} ({j.target.arch}): exit {c}" for j, c in zip(jobs, codes) if c not in (0, 77)
+    ]
+    if failed:
+        session.console.error("failed for " + "; ".join(failed))
+    status = aggregate(codes)
+    return status if status not in (0, 77) or not depmod_status else depmod_status
+
+
+# ---- BUILD_DEPENDS_REBUILD (dkms-conf.md §11) -------------------------------------------------------
+def stale_dependents(session: Session, t: Target) -> List[Tuple[str, str, Tuple[str, ...]]]:
+    """m/v built on t whose BUILD_DEPENDS_REBUILD records differ from the tree (with their deps)."""
+    tree = session.tree
+    out: List[Tuple[str, str, Tuple[str, ...]]] = []
+    if session.options.force:
+        return out
+    for m, v in tree.module_versions():
+        if not tree.is_built(m, v, t.kernel, t.arch) or not tree.is_added(m, v):
+            continue
+        try:
+            conf = session.confs.read(
+                m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False
+            )
+        except DkmsError:
+            continue
+        if not conf.build_depends_rebuild or not conf.build_depends:
+            continue
+        record_dir = tree.target_dir(m, v, t.kernel, t.arch)
+        for dep in conf.build_depends:
+            current = builder.highest_known_version(session, dep)
+            if current is None:
+                continue
+            try:
+                recorded: Optional[str] = (record_dir / f".dep_{dep}").read_text().strip()
+            except OSError:
+                recorded = None
+            if recorded != current:
+                out.append((m, v, tuple(conf.build_depends)))
+                break
+    return out
+
+
+def rebuild_dependents(session: Session, t: Target) -> None:
+    """After an install on t: rebuild (and reinstall if they were installed) stale dependents.
+
+    Dependencies first; modules in a cycle are left alone with a warning; failures are reported and
+    never change the status of the install that triggered the check [fix D-23].
+    """
+    stale = stale_dependents(session, t)
+    if not stale:
+        return
+    from .planner import Job, simulate
+
+    names = {m for m, _v, _d in stale}
+    jobs = [Job(m, v, t, tuple(d for d in deps if d in names)) for m, v, deps in stale]
+    console = session.console
+
+    def rebuild(job: Job) -> int:
+        m, v = job.module, job.version
+        console.info("")
+        console.info(f"Rebuilding module {m}/{v} for {t.kernel} ({t.arch}) because a dependency changed")
+        console.info("")
+        tree = session.tree
+        was_installed = tree.is_installed(m, v, t.kernel, t.arch)
+        try:
+            if was_installed:
+                installer.uninstall(session, m, v, t)
+            installer.unbuild_target(session, m, v, t)
+            status = builder.build(session, m, v, t)
+            if status == 0 and was_installed:
+                status = installer.install(session, m, v, t)
+        except DkmsError as exc:
+            console.failure(exc)
+            status = exc.code
+        if status not in (0, 77):
+            console.warn(f"Rebuilding {m}/{v} for {t.kernel} ({t.arch}) failed (exit {status}).")
+        return status
+
+    _order, outcomes = simulate(jobs, rebuild, lambda _n, _t: True)
+    cyclic = [f"{j.module}/{j.version}" for j, o in outcomes.items() if o.code < 0]
+    if cyclic:
+        console.warn(
+            "These modules were not rebuilt because their BUILD_DEPENDS form a cycle: "
+            + ", ".join(cyclic)
+            + "."
+        )
 
 
 # ---- uninstall / unbuild / remove ----------------------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from . import COMPAT_VERSION, runner
 from .errors import DkmsError
@@ -20,6 +21,7 @@ from .tree import Target
 from .version import version_sort_key
 
 APPORT = Path("/usr/share/apport/apport")
+_PREPARE_LOCK = threading.Lock()
 APPORT_HOOK = Path("/usr/share/apport/package-hooks/dkms_packages.py")
 
 
@@ -48,6 +50,13 @@ def prepare_kernel(session: Session, kernel: Kernel) -> None:
     """Once per (K, A) per process: header check (21), then the post-processing preparation."""
     if session.is_prepared(kernel.release, kernel.arch):
         return
+    with _PREPARE_LOCK:  # concurrent builds for one kernel prepare it (and sign keys) once
+        if session.is_prepared(kernel.release, kernel.arch):
+            return
+        _prepare(session, kernel)
+
+
+def _prepare(session: Session, kernel: Kernel) -> None:
     if not kernel.headers_present():
         it = session.settings.install_tree
         raise DkmsError(
@@ -122,7 +131,7 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
     build_env = kernel.detect_compiler()
     check_build_depends(session, conf, target)
 
-    build_dir = tree.build_dir(m, v)
+    build_dir = tree.private_build_dir(m, v, k, a) if session.private_build else tree.build_dir(m, v)
     log = build_dir / "make.log"
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +171,10 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
         )
 
     command = make_command_line(conf, session.settings.parallel_jobs)
+    if session.private_build:
+        # MAKE commands name build/ (the default one does: M=$dkms_tree/m/v/build); this
+        # concurrent build has its own directory instead
+        command = command.replace(str(tree.build_dir(m, v)), str(build_dir))
     status = logged_step(console, "Building module(s)", command, log=log, cwd=build_dir, env=env)
     if status:
         raise _report_problem(
@@ -249,14 +262,19 @@ def _stage_and_commit(
         raise
 
 
+def highest_known_version(session: Session, module: str) -> Optional[str]:
+    """The highest version (version sort) of a module known to the tree, in any state."""
+    tree = session.tree
+    versions: List[str] = [
+        v for v in tree.versions(module) if tree.is_added(module, v) or tree.is_broken(module, v)
+    ]
+    return max(versions, key=version_sort_key) if versions else None
+
+
 def write_dependency_records(session: Session, conf: ModuleConf, target: Target) -> None:
     """BUILD_DEPENDS_REBUILD: record the highest known version of each dependency (dkms-conf.md §11)."""
-    tree = session.tree
-    final = tree.target_dir(conf.module, conf.version, target.kernel, target.arch)
+    final = session.tree.target_dir(conf.module, conf.version, target.kernel, target.arch)
     for dep in conf.build_depends:
-        versions: List[str] = [
-            dv for dv in tree.versions(dep) if tree.is_added(dep, dv) or tree.is_broken(dep, dv)
-        ]
-        if versions:
-            best = max(versions, key=version_sort_key)
+        best = highest_known_version(session, dep)
+        if best is not None:
             (final / f".dep_{dep}").write_text(best + "\n")

@@ -172,6 +172,12 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
         inv, default_kernel=default_kernel, default_arch=default_arch_for(session), built_targets=built
     )
     targets = [Target(k, a) for k, a in pairs]
+    if inv.all_kernels:
+        from .upgrade import kernels_with_headers
+
+        targets = kernels_with_headers(session)
+        if not targets:
+            raise DkmsError(21, f"No kernel under {session.settings.install_tree} has its headers installed.")
     first = targets[0] if targets else Target(default_kernel(), default_arch_for(session)(default_kernel()))
     if action == "add":
         api.add(session, m, v, first, source_path=inv.source_path, archive=inv.archive)

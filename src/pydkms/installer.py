@@ -337,6 +337,14 @@ def run_depmod(session: Session, k: str, a: str) -> bool:
     if session.options.delayed_depmod:
         session.tree.depmod_pending(k, a).touch()
         return True
+    if session.depmod_sink is not None:
+        session.depmod_sink(k, a)
+        return True
+    return depmod_now(session, k, a)
+
+
+def depmod_now(session: Session, k: str, a: str) -> bool:
+    """Run depmod for K now (tree.md §11); False if it failed."""
     console = session.console
     plan = kernel_mod.depmod_plan(session.settings.install_tree, k)
     if isinstance(plan, str):
@@ -482,3 +490,57 @@ def unbuild_target(session: Session, m: str, v: str, target: Target) -> None:
         return
     if not remaining:
         shutil.rmtree(kdir, ignore_errors=True)
+
+
+def uninstall_from_files(session: Session, m: str, v: str, target: Target) -> None:
+    """Uninstall m/v from one kernel without its dkms.conf (build-install.md §5.1) [fix D-17].
+
+    The record list is the files in ``T/module/``; installed copies that are byte-identical to them
+    (or symlinks to them) are deleted, first in the family's destination dir, else anywhere under
+    ``$install_tree/K``; archived originals come back; the kernel link goes.
+    """
+    tree = session.tree
+    console = session.console
+    k, a = target.kernel, target.arch
+    kdir = session.settings.install_tree / k
+    module_dir = tree.built_module_dir(m, v, k, a)
+    if tree.installed_version(m, k, a) != v:
+        console.info("This module version was INACTIVE for this kernel.")
+        return
+    suffix = module_suffix(session.settings.install_tree, k)
+    family_dir = Path(f"{kdir}{session.family.dest_dir('', session.addon_modules_dir)}")
+    try:
+        built_files = sorted(p for p in module_dir.iterdir() if ".ko" in p.name and p.is_file())
+    except OSError:
+        built_files = []
+    for built in built_files:
+        name = built.name[: built.name.index(".ko")]
+
+        def copies(root: Path, built: Path = built) -> List[Path]:
+            found = []
+            for dirpath, _dirs, files in os.walk(root):
+                for fn in files:
+                    p = Path(dirpath) / fn
+                    if fn != built.name:
+                        continue
+                    if (p.is_symlink() and os.path.realpath(p) == os.path.realpath(built)) or same_contents(
+                        p, built
+                    ):
+                        found.append(p)
+            return found
+
+        found = copies(family_dir) if family_dir.is_dir() else []
+        if not found:
+            found = copies(kdir)
+        for p in found:
+            console.info(f"Deleting {p}")
+            p.unlink()
+            _prune_dirs(kdir, p.parent, not session.family.uses_uname_arch)
+        record = ModuleRecord(0, name, "", name, "", "", False)
+        restore_originals(session, m, record, target, suffix)
+    try:
+        tree.kernel_link(m, k, a).unlink()
+    except OSError:
+        pass
+    run_depmod(session, k, a)
+    remove_fingerprint(tree.target_dir(m, v, k, a))

@@ -33,6 +33,10 @@ class Console:
         stream.write(text)
         stream.flush()
 
+    def raw(self, text: str, to_err: bool) -> None:
+        """Text exactly as given, on stderr or stdout (replaying a job's buffered output)."""
+        self._write(self.err if to_err else self.out, text)
+
     def info(self, text: str = "") -> None:
         """A line of progress or result on stdout."""
         self._write(self.out, text + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Mapping, Optional, Set, Tuple
 
 from . import distro as distro_mod
 from .framework import Settings
@@ -45,6 +45,10 @@ class Session:
     distro: Optional[distro_mod.Distro] = None
     #: strip -> sign -> compress; built from the settings when not given
     postprocessor: Optional[PostProcessor] = None
+    #: build in $dkms_tree/m/v/.build-K-A instead of the shared build/ (concurrent builds of one m/v)
+    private_build: bool = False
+    #: where deferred depmod requests go (the planner runs depmod once per kernel at the end)
+    depmod_sink: Optional[Callable[[str, str], None]] = None
     _kernels: Dict[Tuple[str, str], Kernel] = field(default_factory=dict)
     _prepared: Set[Tuple[str, str]] = field(default_factory=set)
     _confs: Optional[ConfReader] = None

@@ -75,6 +75,10 @@ class Tree:
     def build_dir(self, m: str, v: str) -> Path:
         return self.dkms_tree / m / v / "build"
 
+    def private_build_dir(self, m: str, v: str, k: str, a: str) -> Path:
+        """Build dir of one of several concurrent builds of m/v (hidden: listings skip it)."""
+        return self.version_dir(m, v) / f".build-{k}-{a}"
+
     def kernel_dir(self, m: str, v: str, k: str) -> Path:
         return self.dkms_tree / m / v / k
 
