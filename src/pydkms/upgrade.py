@@ -30,6 +30,12 @@ def run_action(session: Session, inv: Invocation) -> int:
 
     action = inv.action
     api.check_root(action or "")
+    if action in ("autoinstall", "match") and len(inv.kernels) > 1:
+        raise DkmsError(
+            4,
+            f"The action {action} works on one kernel at a time ({len(inv.kernels)} given).",
+            hint="Use --all-kernels for every kernel whose headers are installed.",
+        )
     if inv.all_kernels:
         targets = kernels_with_headers(session)
         if not targets:

@@ -288,3 +288,42 @@ def test_install_for_several_kernels_in_parallel_aggregates(scratch: Scratch, ke
         log = scratch.dkms_tree / "failing" / "1.0" / f".build-{k}-{ARCH}" / "make.log"
         assert log.is_file() and str(log) in r.err
     assert os.path.isdir(scratch.dkms_tree / "failing" / "1.0" / "build")
+
+
+def test_one_kernel_actions_refuse_several(scratch: Scratch, kernels: List[str]) -> None:
+    for action in (["autoinstall"], ["match", "--templatekernel=x"]):
+        r = scratch.dkms(*action, "-k", kernels[0], "-k", kernels[1])
+        assert r.rc == 4 and "one kernel at a time" in r.err, r
+
+
+def test_progress_line_on_a_terminal(scratch: Scratch, kernels: List[str]) -> None:
+    """With stdout on a terminal, a live line counts jobs; with a pipe (above tests) it never shows."""
+    import pty
+    import subprocess
+
+    add(scratch, "hello")
+    add(scratch, "depbase")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        scratch.dkms_argv("autoinstall", "--all-kernels", "-j", "2"),
+        env=scratch.env(),
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=600)
+    os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out
+    assert re.search(r"\r\x1b\[K\[\d/4 done, \d running, 0 failed\]", out), out
+    assert "\r\x1b[K[" not in scratch.ok("status").out
