@@ -199,11 +199,17 @@ def test_failing_build(scratch: Scratch, kernels: List[str]) -> None:
     scratch.add_source("failing")
     r = scratch.dkms("build", "failing/1.0", "-k", k1, "-k", k2)
     assert r.rc == 10, r
-    log = scratch.dkms_tree / "failing/1.0/build/make.log"
-    assert str(log) in r.err
     assert k1 in r.err and k2 in r.err  # says which kernels failed [fix D-02]
-    text = log.read_text()
-    assert "error:" in text and "# exit code: 2" in text
+    # the two kernels built at the same time, each in its own build dir, kept for inspection
+    for k in (k1, k2):
+        log = scratch.dkms_tree / f"failing/1.0/.build-{k}-{ARCH}/make.log"
+        assert str(log) in r.err
+        text = log.read_text()
+        assert "error:" in text and "# exit code: 2" in text
+    # one kernel: the classic build/ dir
+    r = scratch.dkms("build", "failing/1.0", "-k", k1)
+    log = scratch.dkms_tree / "failing/1.0/build/make.log"
+    assert r.rc == 10 and str(log) in r.err and "# exit code: 2" in log.read_text()
     assert scratch.status() == ["failing/1.0: added"]
     for k in (k1, k2):
         assert not (scratch.dkms_tree / "failing/1.0" / k).exists() or not list(
