@@ -1,0 +1,1 @@
+"""Tests that boot a real kernel under QEMU (marker ``vm``)."""
