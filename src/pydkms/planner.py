@@ -103,18 +103,26 @@ def simulate(
 
     This is the reference the executor's scheduling obeys: used by tests on generated graphs.
     """
-    sched = _Schedule(jobs, satisfied)
     order: List[Job] = []
+
+    def attempt(job: Job) -> int:
+        order.append(job)
+        return result(job)
+
+    return order, _drain(_Schedule(jobs, satisfied), attempt)
+
+
+def _drain(sched: _Schedule, attempt: Callable[[Job], int]) -> Dict[Job, Outcome]:
+    """Attempt the first ready job until none is ready, one at a time; what is left is unresolved."""
     while True:
         ready = sched.ready()
         if not ready:
             break
         job = ready[0]
         sched.start(job)
-        order.append(job)
-        sched.finish(job, result(job))
+        sched.finish(job, attempt(job))
     sched.close()
-    return order, sched.outcomes
+    return sched.outcomes
 
 
 class _Schedule:
@@ -258,7 +266,7 @@ class Executor:
     session: Session
     #: make jobs for all concurrent builds together; None = unlimited
     budget: Optional[int] = None
-    #: print each job's output as soon as it and every job before it finished
+    #: held while a job commits (installs): one commit at a time
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
     #: (kernel, arch) pairs whose depmod was deferred to the end
     depmod_kernels: List[Tuple[str, str]] = field(default_factory=list)
@@ -379,18 +387,13 @@ class Executor:
         header: Optional[Callable[[Job], str]],
         trailer: Optional[str],
     ) -> Dict[Job, Outcome]:
-        while True:
-            ready = sched.ready()
-            if not ready:
-                break
-            job = ready[0]
-            sched.start(job)
+        def attempt(job: Job) -> int:
             js = self.job_session(job, None, self.session.console, False)
             if header is not None:
                 js.console.info(header(job))
-            sched.finish(job, _attempt(work, js, job, trailer))
-        sched.close()
-        return sched.outcomes
+            return _attempt(work, js, job, trailer)
+
+        return _drain(sched, attempt)
 
     def run_deferred_depmod(self) -> int:
         """depmod once per kernel that changed; returns 0, or 6 if a depmod failed."""
