@@ -310,7 +310,9 @@ class Executor:
         one job) the jobs run one after the other in this thread, printing as they go.
         """
         session = self.session
-        session.confs  # noqa: B018  (create the shared conf cache before the sessions are cloned)
+        # create what the job sessions share before they are cloned: conf cache, pipeline
+        session.confs  # noqa: B018
+        session.pipeline  # noqa: B018
         session.announce_directives()
         sched = _Schedule(jobs, satisfied)
         if self.slots == 1 or len(jobs) == 1:

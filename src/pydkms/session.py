@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from . import distro as distro_mod
 from .framework import Settings
 from .kernel import Kernel
 from .moduleconf import ConfReader, ModuleConf
 from .output import Console
-from .postprocess import PostProcessor
 from .tree import Tree
+
+if TYPE_CHECKING:
+    from .postprocess import PostProcessor
 
 #: variables removed from the environment at start-up (build-install.md §2.2)
 SCRUBBED_ENV = ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS")
@@ -57,12 +59,14 @@ class Session:
     def __post_init__(self) -> None:
         if self.distro is None:
             self.distro = distro_mod.detect()
-        if self.postprocessor is None:
-            self.postprocessor = PostProcessor.default(self.settings, self.distro)
 
     @property
     def pipeline(self) -> PostProcessor:
-        assert self.postprocessor is not None
+        """strip -> sign -> compress, built on first use (status never needs it)."""
+        if self.postprocessor is None:
+            from .postprocess import PostProcessor
+
+            self.postprocessor = PostProcessor.default(self.settings, self.family)
         return self.postprocessor
 
     @property

@@ -4,6 +4,10 @@ Lines are computed from the tree predicates; suffixes from the module records of
 (evaluated silently, at most once per module/version when the result does not depend on the
 kernel) and, for installed modules, from the install fingerprint while it still matches the files
 on disk [fix D-04]. Nothing here starts a subprocess in the steady state.
+
+``--verbose`` (text) and ``--json`` also say, per built module file, whether it is signed and by
+which certificate (signer, key serial, hash: what ``modinfo`` calls ``signer``, ``sig_key`` and
+``sig_hashalgo``). Only those modes read the module files for it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from . import __version__
 from .errors import DkmsError
 from .installed import locate_installed, read_fingerprint, same_contents, stat_tuple
 from .kernel import compressed_or_uncompressed, module_suffix
+from .modinfo import SignatureInfo, signature_info
 from .moduleconf import ModuleConf
 from .session import Session
-from .tree import Target
+from .signing import built_module_files
+from .tree import Target, Tree
 
 ORIGINAL = " (Original modules exist)"
 MISSING = " (Built modules are missing in the kernel modules folder)"
@@ -65,6 +71,40 @@ class StatusEntry:
             "built_modules_missing": self.built_modules_missing,
             "differs_from_installed": self.differs_from_installed,
         }
+
+
+@dataclass(frozen=True)
+class ModuleSignature:
+    """One built module file of a build line and its appended signature (None: unsigned)."""
+
+    file: Path
+    signature: Optional[SignatureInfo]
+
+    def describe(self) -> str:
+        sig = self.signature
+        if sig is None:
+            return f"{self.file.name}: not signed"
+        key = f"key {sig.sig_key}" if sig.sig_key else "unknown key"
+        algo = f", {sig.sig_hashalgo}" if sig.sig_hashalgo else ""
+        return f'{self.file.name}: signed by "{sig.signer}" ({key}{algo})'
+
+    def as_json(self) -> Dict[str, object]:
+        sig = self.signature
+        return {
+            "file": str(self.file),
+            "signed": sig is not None,
+            "signer": sig.signer if sig else None,
+            "sig_key": sig.sig_key if sig else None,
+            "sig_hashalgo": sig.sig_hashalgo if sig else None,
+        }
+
+
+def module_signatures(tree: Tree, entry: StatusEntry) -> List[ModuleSignature]:
+    """Signatures of the module files of a build line (none for added/broken lines)."""
+    if entry.kernel is None or entry.arch is None:
+        return []
+    module_dir = tree.built_module_dir(entry.module, entry.version, entry.kernel, entry.arch)
+    return [ModuleSignature(f, signature_info(f)) for f in built_module_files(module_dir)]
 
 
 class _Silent:
@@ -194,9 +234,13 @@ def passes_for(kernels: Sequence[str], arches: Sequence[str]) -> List[Tuple[Opti
 
 def render_text(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
     console = session.console
+    verbose = session.settings.verbose
     for entries in per_pass:
         for e in entries:
             console.info(e.line())
+            if verbose:
+                for sig in module_signatures(session.tree, e):
+                    console.info(f"  {sig.describe()}")
             if e.state == "broken":
                 console.error(
                     f"{e.module}/{e.version}: Missing the module source directory or the symbolic link pointing "
@@ -205,18 +249,25 @@ def render_text(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None
 
 
 def render_json(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
+    """The versioned document of status.md §5, plus ``built_modules``: one item per built module file
+    of the listed builds (``module``, ``version``, ``kernel``, ``arch`` name the build line)."""
     seen = set()
     entries = []
+    modules: List[Dict[str, object]] = []
     for pass_entries in per_pass:
         for e in pass_entries:
             if e in seen:
                 continue
             seen.add(e)
             entries.append(e.as_json())
+            for sig in module_signatures(session.tree, e):
+                build = {"module": e.module, "version": e.version, "kernel": e.kernel, "arch": e.arch}
+                modules.append({**build, **sig.as_json()})
     doc = {
         "schema": JSON_SCHEMA,
         "schema_version": JSON_SCHEMA_VERSION,
         "generator": f"pydkms {__version__}",
         "entries": entries,
+        "built_modules": modules,
     }
     session.console.info(json.dumps(doc, separators=(", ", ": ")))

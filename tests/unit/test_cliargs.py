@@ -1148,4 +1148,3 @@ def test_all_kernels_conflicts(argv: list[str], code: int) -> None:
     with pytest.raises(CommandLineError) as info:
         parse_args(argv)
     assert info.value.code == code
-
