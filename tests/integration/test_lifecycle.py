@@ -11,20 +11,9 @@ from typing import List
 import pytest
 
 from tests.conftest import ARCH, Scratch
+from tests.support.kmod import modinfo, sections
 
 pytestmark = pytest.mark.integration
-
-
-def modinfo(path: Path, field: str) -> str:
-    return subprocess.run(
-        ["modinfo", "-F", field, str(path)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def sections(path: Path) -> str:
-    return subprocess.run(
-        ["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True
-    ).stdout
 
 
 def test_hello_full_lifecycle(scratch: Scratch, kernels: List[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from tests.conftest import ARCH, Scratch
+from tests.support.kmod import certificate_serial, executable
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +25,6 @@ def configure(scratch: Scratch, extra: str = "") -> Dict[str, Path]:
         f"mok_signing_key={keys}/mok.key\nmok_certificate={keys}/mok.pub\n{extra}"
     )
     return {"key": keys / "mok.key", "cert": keys / "mok.pub"}
-
-
-def serial(cert: Path) -> str:
-    out = subprocess.run(
-        ["openssl", "x509", "-inform", "DER", "-in", str(cert), "-noout", "-serial"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.strip().split("=", 1)[1].upper()
 
 
 def modinfo(path: Path, field: str) -> str:
@@ -53,13 +44,6 @@ def installed(scratch: Scratch, k: str, name: str = "hello.ko") -> Path:
     return scratch.install_tree / k / "updates" / "dkms" / name
 
 
-def fake_tool(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return path
-
-
 def test_build_signs_with_generated_key(scratch: Scratch, kernel: str) -> None:
     paths = configure(scratch)
     scratch.add_source("hello")
@@ -74,7 +58,7 @@ def test_build_signs_with_generated_key(scratch: Scratch, kernel: str) -> None:
     ko = built(scratch, kernel)
     assert modinfo(ko, "signer") == SIGNER
     assert modinfo(ko, "sig_hashalgo") == "sha256"  # CONFIG_MODULE_SIG_HASH of the Debian kernels
-    assert key_of(ko) == serial(paths["cert"])
+    assert key_of(ko) == certificate_serial(paths["cert"])
     assert ko.read_bytes().endswith(b"~Module signature appended~\n")
 
 
@@ -90,7 +74,7 @@ def test_kernelver_in_key_paths_gives_one_key_per_kernel(scratch: Scratch, kerne
     assert sorted(p.name for p in keys.iterdir()) == sorted(
         [f"{k1}.key", f"{k1}.der", f"{k2}.key", f"{k2}.der"]
     )
-    s1, s2 = serial(keys / f"{k1}.der"), serial(keys / f"{k2}.der")
+    s1, s2 = certificate_serial(keys / f"{k1}.der"), certificate_serial(keys / f"{k2}.der")
     assert s1 != s2
     assert key_of(built(scratch, k1)) == s1
     assert key_of(built(scratch, k2)) == s2
@@ -98,7 +82,7 @@ def test_kernelver_in_key_paths_gives_one_key_per_kernel(scratch: Scratch, kerne
 
 def test_pkcs11_key_is_passed_through_untouched(scratch: Scratch, kernel: str) -> None:
     args = scratch.root / "sign-args"
-    tool = fake_tool(scratch.root / "bin" / "sign-file", f'printf "%s\\n" "$@" > {args}\n')
+    tool = executable(scratch.root / "bin" / "sign-file", f'printf "%s\\n" "$@" > {args}\n')
     cert = scratch.root / "token.der"
     cert.write_bytes(b"certificate from the token")
     uri = "pkcs11:token=dkms;object=mok;type=private?pin-value=1234"
@@ -127,7 +111,7 @@ def test_missing_sign_tool_warns_and_builds_unsigned(scratch: Scratch, kernel: s
 
 
 def test_failing_sign_tool_warns_and_builds_unsigned(scratch: Scratch, kernel: str) -> None:
-    tool = fake_tool(scratch.root / "bin" / "sign-file", "echo 'sign-file: token is locked' >&2; exit 2\n")
+    tool = executable(scratch.root / "bin" / "sign-file", "echo 'sign-file: token is locked' >&2; exit 2\n")
     configure(scratch, f"sign_file={tool}\n")
     scratch.add_source("hello")
     r = scratch.ok("build", "hello/1.0", "-k", kernel)
@@ -212,12 +196,12 @@ def test_sign_after_key_rotation_updates_built_and_installed(
     paths = configure(scratch)
     install_with_suffix(scratch, kernel, suffix)
     name = f"hello.ko{suffix}"
-    old = serial(paths["cert"])
+    old = certificate_serial(paths["cert"])
     assert key_of(installed(scratch, kernel, name)) == old
     for p in paths.values():
         p.unlink()
     scratch.ok("generate_mok", "-k", kernel, trees=False)
-    new = serial(paths["cert"])
+    new = certificate_serial(paths["cert"])
     assert new != old
     r = scratch.ok("sign")
     assert f"Updating {installed(scratch, kernel, name)}" in r.lines
@@ -272,7 +256,7 @@ def mokutil_env(scratch: Scratch, sb: Optional[str], answer: str = "") -> Dict[s
     env = {"PYDKMS_EFI_DIR": str(efi)}
     if sb is not None:
         log = scratch.root / "mokutil.log"
-        fake_tool(
+        executable(
             scratch.root / "bin" / "mokutil",
             f'echo "$@" >> {log}\ncase "$1" in\n--sb-state) echo "{sb}";;\n'
             f'--test-key) echo "$2 {answer}";;\n*) exit 9;;\nesac\n',
@@ -334,7 +318,7 @@ def test_status_verbose_and_json_say_who_signed(scratch: Scratch, kernels: List[
     scratch.ok("build", "hello/1.0", "-k", k2, "--config", str(config_without_signing(scratch, k2)))
     plain = scratch.status()
     assert sorted(plain) == sorted([f"hello/1.0, {k1}, {ARCH}: installed", f"hello/1.0, {k2}, {ARCH}: built"])
-    key = ":".join(serial(paths["cert"])[i : i + 2] for i in range(0, len(serial(paths["cert"])), 2))
+    key = certificate_serial(paths["cert"], colons=True)
     verbose = scratch.ok("status", "--verbose").lines
     i1 = verbose.index(f"hello/1.0, {k1}, {ARCH}: installed")
     assert verbose[i1 + 1] == f'  hello.ko: signed by "{SIGNER}" (key {key}, sha256)'

@@ -14,6 +14,7 @@ from pydkms.distro import Distro
 from pydkms.framework import Settings
 from pydkms.kernel import Kernel
 from pydkms.modinfo import SIGNATURE_MAGIC, parse_signature, split_signature
+from tests.support.kmod import executable
 
 
 class Recorder:
@@ -34,13 +35,6 @@ class Recorder:
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
-
-
-def executable(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return path
 
 
 def kernel_with_config(tmp_path: Path, text: str) -> Kernel:

@@ -41,6 +41,7 @@ import pytest
 
 from tests.conftest import ARCH, Scratch, cloud_kernels, generic_kernels
 from tests.support import qemu
+from tests.support.kmod import certificate_serial, modinfo, sections
 
 SKIP_ENV = "PYDKMS_SKIP_VM"
 _UNAVAILABLE = qemu.unavailable()
@@ -103,30 +104,6 @@ def _keep(path: Path, directory: Path) -> Path:
     """Copy a file pydkms produced before a later dkms command removes it."""
     directory.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(path, directory / path.name))
-
-
-def modinfo(path: Path, field: str) -> str:
-    return subprocess.run(
-        ["modinfo", "-F", field, str(path)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def sections(path: Path) -> str:
-    return subprocess.run(
-        ["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def certificate_serial(cert: Path) -> str:
-    """The certificate's serial as modinfo prints ``sig_key`` (``AB:CD:…``)."""
-    out = subprocess.run(
-        ["openssl", "x509", "-inform", "DER", "-in", str(cert), "-noout", "-serial"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    digits = out.split("=", 1)[1]
-    return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))
 
 
 def guest_steps(with_compressed: bool) -> List[qemu.GuestStep]:
@@ -214,7 +191,7 @@ def test_installed_module_is_stripped_and_signed_with_the_mok(proof: Proof) -> N
     assert proof.certificate.is_file(), "pydkms did not generate the MOK certificate named in framework.conf"
     assert modinfo(proof.signed, "signer") == SIGNER
     assert modinfo(proof.signed, "sig_hashalgo") == "sha256"
-    assert modinfo(proof.signed, "sig_key") == certificate_serial(proof.certificate)
+    assert modinfo(proof.signed, "sig_key") == certificate_serial(proof.certificate, colons=True)
 
 
 def test_signed_module_loads_and_prints_its_init_message(proof: Proof) -> None:
