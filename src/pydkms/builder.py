@@ -211,6 +211,12 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
     except OSError:
         pass
     shutil.rmtree(build_dir, ignore_errors=True)
+    if session.private_build:
+        # a serial build would have deleted the shared build/ too (step 17): same layout
+        try:
+            tree.build_dir(m, v).rmdir()
+        except OSError:
+            pass
     if conf.build_depends_rebuild and not session.options.force:
         write_dependency_records(session, conf, target)
     return 0
