@@ -442,7 +442,7 @@ def uninstall(session: Session, m: str, v: str, target: Target, *, conf: Optiona
         weak_modules(session, conf, [f for _r, f in located if f is not None], add=False)
         for r, found in located:
             if found is not None:
-                console.info(f"Deleting {found.parent}/{r.dest_name}.ko{suffix}")
+                console.info(f"Deleting {found}")
                 for p in found.parent.glob(f"{glob.escape(r.dest_name)}.ko*"):
                     try:
                         p.unlink()
