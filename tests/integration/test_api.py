@@ -27,6 +27,8 @@ def test_add_build_install_status_through_the_api(tmp_path: Path, kernel: str) -
         install_tree=tmp_path / "lib" / "modules",
         etc_dir=tmp_path / "etc",
         parallel_jobs="2",
+        # signing keys of this tree, not the host's /var/lib/dkms/mok.*
+        raw={"mok_signing_key": str(tmp_path / "mok.key"), "mok_certificate": str(tmp_path / "mok.pub")},
     )
     (settings.install_tree / kernel).mkdir(parents=True)
     (settings.install_tree / kernel / "build").symlink_to(f"/lib/modules/{kernel}/build")
@@ -43,5 +45,6 @@ def test_add_build_install_status_through_the_api(tmp_path: Path, kernel: str) -
     assert [e.line() for e in entries] == [f"hello/1.0, {kernel}, {ARCH}: installed"]
     assert (settings.install_tree / kernel / "updates/dkms/hello.ko").is_file()
     assert "Installing" in out.getvalue() and err.getvalue() == ""
+    assert (tmp_path / "mok.key").is_file()  # signed with this tree's key
     assert api.remove(session, "hello", "1.0", [target]) == 0
     assert StatusReader(session).entries(None, None, [(None, None)]) == [[]]
