@@ -33,7 +33,6 @@ def aggregate(codes: Sequence[int]) -> int:
 
 def _each_target(session: Session, targets: Sequence[Target], fn: Callable[[Target], int]) -> int:
     codes: List[int] = []
-    failed: List[str] = []
     for t in targets:
         try:
             code = fn(t)
@@ -42,8 +41,12 @@ def _each_target(session: Session, targets: Sequence[Target], fn: Callable[[Targ
             session.console.failure(exc)
             code = exc.code
         codes.append(code)
-        if code not in (0, 77):
-            failed.append(f"{t.kernel} ({t.arch}): exit {code}")
+    return _aggregate_targets(session, targets, codes)
+
+
+def _aggregate_targets(session: Session, targets: Sequence[Target], codes: Sequence[int]) -> int:
+    """:func:`aggregate`, after naming every failed kernel when there were several [fix D-02]."""
+    failed = [f"{t.kernel} ({t.arch}): exit {c}" for t, c in zip(targets, codes) if c not in (0, 77)]
     if len(targets) > 1 and failed:
         session.console.error("failed for " + "; ".join(failed))
     return aggregate(codes)
@@ -321,12 +324,7 @@ def _run_plan(
     outcomes = executor.run(jobs, lambda s, job: one(s, job.target, executor.commit_lock))
     codes = [outcomes[j].code for j in jobs]
     depmod_status = executor.run_deferred_depmod()
-    failed = [
-        f"{j.target.kernel} ({j.target.arch}): exit {c}" for j, c in zip(jobs, codes) if c not in (0, 77)
-    ]
-    if failed:
-        session.console.error("failed for " + "; ".join(failed))
-    status = aggregate(codes)
+    status = _aggregate_targets(session, targets, codes)
     return status if status not in (0, 77) or not depmod_status else depmod_status
 
 
