@@ -56,16 +56,21 @@ def prepare_kernel(session: Session, kernel: Kernel) -> None:
         _prepare(session, kernel)
 
 
+def missing_headers(session: Session, kernel: Kernel) -> DkmsError:
+    """The error (21) for a kernel whose headers are not installed."""
+    it = session.settings.install_tree
+    return DkmsError(
+        21,
+        f"Your kernel headers for kernel {kernel.release} cannot be found at "
+        f"{it}/{kernel.release}/build or {it}/{kernel.release}/source.",
+        hint=f"Install the linux-headers-{kernel.release} package, or point --kernelsourcedir at the "
+        "kernel build directory.",
+    )
+
+
 def _prepare(session: Session, kernel: Kernel) -> None:
     if not kernel.headers_present():
-        it = session.settings.install_tree
-        raise DkmsError(
-            21,
-            f"Your kernel headers for kernel {kernel.release} cannot be found at "
-            f"{it}/{kernel.release}/build or {it}/{kernel.release}/source.",
-            hint=f"Install the linux-headers-{kernel.release} package, or point --kernelsourcedir at the "
-            "kernel build directory.",
-        )
+        raise missing_headers(session, kernel)
     session.pipeline.prepare(kernel, session.console)
     session.mark_prepared(kernel.release, kernel.arch)
 

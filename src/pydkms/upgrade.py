@@ -60,17 +60,12 @@ def kernels_with_headers(session: Session) -> List[Target]:
 
     root = session.settings.install_tree
     try:
-        names = [n for n in os.listdir(root) if not n.startswith(".")]
+        names = [n for n in os.listdir(root) if not n.startswith(".") and (root / n).is_dir()]
     except OSError:
         return []
     arch = default_arch_for(session)
-    out = []
-    for k in sorted(names, key=version_sort_key):
-        if (root / k / "build" / "include").is_dir() or (
-            session.options.kernel_source_dir is not None and (root / k).is_dir()
-        ):
-            out.append(Target(k, arch(k)))
-    return out
+    targets = [Target(k, arch(k)) for k in sorted(names, key=version_sort_key)]
+    return [t for t in targets if session.kernel(t.kernel, t.arch).headers_present()]
 
 
 # ---- autoinstall ------------------------------------------------------------------------------------
@@ -139,12 +134,8 @@ def autoinstall(session: Session, targets: Sequence[Target]) -> int:
         if any(not tree.is_built(j.module, j.version, t.kernel, t.arch) for j in queued):
             kernel = session.kernel(t.kernel, t.arch)
             if not kernel.headers_present():
-                it = session.settings.install_tree
-                console.error(
-                    f"Your kernel headers for kernel {t.kernel} cannot be found at {it}/{t.kernel}/build or "
-                    f"{it}/{t.kernel}/source: modules that are not built yet cannot be built for it."
-                )
-                console.notice(f"Install the linux-headers-{t.kernel} package (or its equivalent).")
+                console.failure(builder.missing_headers(session, kernel))
+                console.notice(f"Modules not built for {t.kernel} yet are not attempted.")
                 for j in list(queued):
                     if not tree.is_built(j.module, j.version, t.kernel, t.arch):
                         report.failed.append((j.module, 21))
