@@ -25,7 +25,7 @@ from .installed import (
     same_contents,
     write_fingerprint,
 )
-from .kernel import compressed_or_uncompressed, module_suffix
+from .kernel import built_module_files, compressed_or_uncompressed, module_suffix
 from .modinfo import version_info
 from .moduleconf import ModuleConf, ModuleRecord, is_obsolete
 from .scripts import run_script
@@ -509,11 +509,7 @@ def uninstall_from_files(session: Session, m: str, v: str, target: Target) -> No
         return
     suffix = module_suffix(session.settings.install_tree, k)
     family_dir = Path(f"{kdir}{session.family.dest_dir('', session.addon_modules_dir)}")
-    try:
-        built_files = sorted(p for p in module_dir.iterdir() if ".ko" in p.name and p.is_file())
-    except OSError:
-        built_files = []
-    for built in built_files:
+    for built in built_module_files(module_dir):
         name = built.name[: built.name.index(".ko")]
 
         def copies(root: Path, built: Path = built) -> List[Path]:

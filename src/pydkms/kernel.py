@@ -12,6 +12,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from . import runner
 
 _COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst")
+#: endings of a module file: plain or compressed
+MODULE_FILE_SUFFIXES = (".ko", *(".ko" + s for s in _COMPRESSED_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,15 @@ def find_module_files(root: Path, name: str, suffix: str) -> Iterator[Path]:
                 yield from find_module_files(Path(e.path), name, suffix)
         except OSError:
             continue
+
+
+def built_module_files(module_dir: Path) -> List[Path]:
+    """The module files (``.ko``, ``.ko.gz``, …) of a build, by name."""
+    try:
+        names = sorted(os.listdir(module_dir))
+    except OSError:
+        return []
+    return [module_dir / n for n in names if n.endswith(MODULE_FILE_SUFFIXES)]
 
 
 def compressed_or_uncompressed(directory: Path, name: str, suffix: str) -> Optional[Path]:

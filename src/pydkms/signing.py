@@ -34,7 +34,7 @@ from .installed import (
     stat_tuple,
     write_fingerprint,
 )
-from .kernel import Kernel, module_suffix
+from .kernel import MODULE_FILE_SUFFIXES, Kernel, built_module_files, module_suffix
 from .modinfo import parse_signature, split_signature
 from .tree import Target
 from .version import version_sort_key
@@ -59,9 +59,6 @@ OPENSSL_REQ = (
 
 #: ``PYDKMS_EFI_DIR`` relocates /sys/firmware/efi (tests fake an EFI system with it)
 EFI_DIR_ENV = "PYDKMS_EFI_DIR"
-
-#: built module file names that ``dkms sign`` and ``status --verbose`` look at
-MODULE_FILE_SUFFIXES = (".ko", *(".ko" + s for s in compress.TOOLS))
 
 
 class Reporter(Protocol):
@@ -427,15 +424,6 @@ def resign_file(path: Path, plan: SigningPlan, compressor: compress.Compressor, 
         os.replace(work, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def built_module_files(module_dir: Path) -> List[Path]:
-    """The module files (``.ko``, ``.ko.gz``, …) of a build, by name."""
-    try:
-        names = sorted(os.listdir(module_dir))
-    except OSError:
-        return []
-    return [module_dir / n for n in names if n.endswith(MODULE_FILE_SUFFIXES)]
 
 
 # ---- actions -----------------------------------------------------------------------------------

@@ -21,11 +21,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from . import __version__
 from .errors import DkmsError
 from .installed import locate_installed, read_fingerprint, same_contents, stat_tuple
-from .kernel import compressed_or_uncompressed, module_suffix
+from .kernel import built_module_files, compressed_or_uncompressed, module_suffix
 from .modinfo import SignatureInfo, signature_info
 from .moduleconf import ModuleConf
 from .session import Session
-from .signing import built_module_files
 from .tree import Target, Tree
 
 ORIGINAL = " (Original modules exist)"
