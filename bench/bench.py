@@ -2,7 +2,7 @@
 """Benchmarks: pydkms against upstream dkms on twin trees, printing times and ratios.
 
     .venv/bin/python bench/bench.py [--runs N] [--upstream bookworm|trixie|both]
-                                    [--only status|build|autoinstall|multikernel]
+                                    [--only status|build|pipeline|autoinstall|multikernel]
 
 1. ``status`` on 30 modules x 3 kernels (90 lines). The trees are populated from one real build
    per kernel copied under 30 names, so setting up takes seconds. pydkms is timed twice: on the
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -108,6 +109,29 @@ def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 def fmt(times: Sequence[float]) -> str:
     med = statistics.median(times)
     return f"median {med * 1000:8.1f} ms  (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}, n={len(times)})"
+
+
+def sign_file_for(kernel: str) -> Optional[str]:
+    """The sign-file a floor measure uses for ``kernel`` (the one pydkms picks on Debian), or None."""
+    candidates = [Path(f"/lib/modules/{kernel}/build/scripts/sign-file")]
+    candidates += sorted(Path("/usr/lib").glob("linux-kbuild-*/scripts/sign-file"), reverse=True)
+    for c in candidates:
+        if os.access(c, os.X_OK):
+            return str(c)
+    return None
+
+
+def anchor_kernel(trees: Trees, kernel: str, module: Path) -> None:
+    """Give the scratch kernel dir a module of its own and a real modules.dep.
+
+    Without it, removing the last dkms module empties modules.dep, pydkms drops the empty depmod
+    output (fix D-11), and the next install skips depmod: the timing would leave depmod out.
+    A real kernel always has its in-tree modules, so depmod runs on every install there.
+    """
+    anchor = trees.lib / kernel / "kernel" / "drivers" / "misc" / "pydkms_bench_anchor.ko"
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(module, anchor)
+    subprocess.run(["depmod", "-b", str(trees.root), kernel], check=True, capture_output=True)
 
 
 class Trees:
@@ -264,9 +288,11 @@ def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) 
             ]
         )
 
+    fresh_copy()
+    bare_make()
     mine = Trees(work / "build-pydkms", [kernel])
     shutil.copytree(HELLO, mine.src / "hello-1.0")
-    subprocess.run(["depmod", "-b", str(mine.root), kernel], check=True, capture_output=True)
+    anchor_kernel(mine, kernel, raw / "hello.ko")
     run(pydkms_cmd("add", "hello/1.0", *mine.args()))
 
     def pydkms_install() -> None:
@@ -277,8 +303,6 @@ def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) 
 
     pydkms_install()  # warm caches once
     pydkms_reset()
-    fresh_copy()
-    bare_make()
     series: List[Tuple[str, Callable[[], object], Callable[[], object]]] = [
         ("bare make", bare_make, fresh_copy),
         ("pydkms build+install", pydkms_install, pydkms_reset),
@@ -289,18 +313,13 @@ def bench_build(work: Path, upstreams: Dict[str, Path], kernel: str, runs: int) 
         iso = time_runs(lambda: run_isolated(["true"]), 5)
         iso_overhead = statistics.median(iso)
         print(f"  (namespace overhead for upstream runs: {iso_overhead * 1000:.1f} ms, subtracted)")
+
+    def upstream_source(trees: Trees) -> None:
+        shutil.copytree(HELLO, trees.src / "hello-1.0")
+        anchor_kernel(trees, kernel, raw / "hello.ko")
+
     for name, script in upstreams.items():
-        series.append(
-            upstream_series(
-                work,
-                "build",
-                name,
-                script,
-                kernel,
-                lambda t: shutil.copytree(HELLO, t.src / "hello-1.0"),
-                "hello/1.0",
-            )
-        )
+        series.append(upstream_series(work, "build", name, script, kernel, upstream_source, "hello/1.0"))
     for label, _fn, _prep in series:
         results[label] = []
     for _ in range(runs):  # interleaved, so drift hits every series alike
@@ -337,10 +356,10 @@ def bench_pipeline(work: Path, upstreams: Dict[str, Path], kernel: str, runs: in
             'PACKAGE_NAME="fast"\nPACKAGE_VERSION="1.0"\nMAKE[0]="cp prebuilt.bin fast.ko"\n'
             'BUILT_MODULE_NAME[0]="fast"\nDEST_MODULE_LOCATION[0]="/updates/dkms"\n'
         )
+        anchor_kernel(trees, kernel, prebuilt)
 
     mine = Trees(work / "pipeline-pydkms", [kernel])
     make_source(mine)
-    subprocess.run(["depmod", "-b", str(mine.root), kernel], check=True, capture_output=True)
     run(pydkms_cmd("add", "fast/1.0", *mine.args()))
     series: List[Tuple[str, Callable[[], object], Callable[[], object]]] = [
         (
@@ -350,23 +369,61 @@ def bench_pipeline(work: Path, upstreams: Dict[str, Path], kernel: str, runs: in
         ),
         ("bare 'make' (cp)", lambda: run(["cp", str(prebuilt), str(work / "x.ko")]), lambda: None),
     ]
-    # The floor: the external steps any dkms must run, from one shell, with nothing around them.
+    # The floor: the external steps any dkms must run, with nothing around them. From one shell,
+    # and from a Python that imports only os, shutil and subprocess (any Python dkms starts an
+    # interpreter and spawns these): the gap is what Python costs before any work is done.
     floor_dir = work / "floor"
+    b, m = floor_dir / "b", floor_dir / "m"
     floor_ko = mine.lib / kernel / "updates" / "floor.ko"
-    floor_script = (
-        f"set -e; rm -rf {floor_dir}; mkdir -p {floor_dir}/b {floor_dir}/m; "
-        f"cp -a --reflink=auto {mine.src}/fast-1.0/. {floor_dir}/b; "
-        f"bash -c 'cd {floor_dir}/b && cp prebuilt.bin fast.ko'; cp {floor_dir}/b/fast.ko {floor_dir}/m/; "
-        f"strip -g {floor_dir}/m/fast.ko; mkdir -p {floor_ko.parent}; cp {floor_dir}/m/fast.ko {floor_ko}; "
-        f"depmod -b {mine.root} -a {kernel}; rm -f {floor_ko}"
+    signer = sign_file_for(kernel)
+    key, cert = ENV["mok_signing_key"], ENV["mok_certificate"]
+    build = [
+        ["cp", "-a", "--reflink=auto", f"{mine.src}/fast-1.0/.", str(b)],
+        ["bash", "-c", f"cd {b} && cp prebuilt.bin fast.ko"],
+    ]
+    post = [
+        ["strip", "-g", f"{m}/fast.ko"],
+        *([[signer, "sha256", key, cert, f"{m}/fast.ko"]] if signer else []),
+    ]
+    depmod = ["depmod", "-b", str(mine.root), "-a", kernel]
+    tools = "cp -a, bash, strip, " + ("sign-file, " if signer else "") + "cp, depmod"
+    floor_script = "set -e; " + "; ".join(
+        shlex.join(argv)
+        for argv in [
+            ["rm", "-rf", str(floor_dir)],
+            ["mkdir", "-p", str(b), str(m), str(floor_ko.parent)],
+            *build,
+            ["cp", f"{b}/fast.ko", f"{m}/fast.ko"],
+            *post,
+            ["cp", f"{m}/fast.ko", str(floor_ko)],
+            depmod,
+            ["rm", "-f", str(floor_ko)],
+        ]
     )
-    series.append(
+    # the Python floor does the file work itself and spawns only the tools
+    py_floor = f"""import os, shutil, subprocess
+shutil.rmtree({str(floor_dir)!r}, ignore_errors=True)
+for d in {[str(b), str(m)]!r}:
+    os.makedirs(d)
+os.makedirs({str(floor_ko.parent)!r}, exist_ok=True)
+for argv in {build!r}:
+    subprocess.run(argv, check=True)
+shutil.copyfile({f"{b}/fast.ko"!r}, {f"{m}/fast.ko"!r})
+for argv in {post!r}:
+    subprocess.run(argv, check=True)
+shutil.copyfile({f"{m}/fast.ko"!r}, {str(floor_ko)!r})
+subprocess.run({depmod!r}, check=True)
+os.unlink({str(floor_ko)!r})
+"""
+    series += [
+        (f"floor: {tools}", lambda: run(["sh", "-c", floor_script]), lambda: None),
         (
-            "floor: cp -a, bash, strip, cp, depmod",
-            lambda: run(["sh", "-c", floor_script]),
+            "floor: the same tools spawned from python",
+            lambda: run([sys.executable, "-c", py_floor]),
             lambda: None,
-        )
-    )
+        ),
+        ("python start alone (-c pass)", lambda: run([sys.executable, "-c", "pass"]), lambda: None),
+    ]
     iso_overhead = statistics.median(time_runs(lambda: run_isolated(["true"]), 5)) if upstreams else 0.0
     for name, script in upstreams.items():
         series.append(upstream_series(work, "pipeline", name, script, kernel, make_source, "fast/1.0"))
@@ -380,7 +437,7 @@ def bench_pipeline(work: Path, upstreams: Dict[str, Path], kernel: str, runs: in
     for label, times in results.items():
         if label.startswith("upstream"):
             times = [x - iso_overhead for x in times]
-        print(f"  {label:40s} {fmt(times)}   overhead {(statistics.median(times) - base) * 1000:+7.1f} ms")
+        print(f"  {label:50s} {fmt(times)}   overhead {(statistics.median(times) - base) * 1000:+7.1f} ms")
 
 
 # ---- 3. autoinstall and multi-kernel builds ------------------------------------------------------
@@ -651,18 +708,28 @@ def bench_multikernel(work: Path, upstreams: Dict[str, Path], kernels: Sequence[
     print(f"  ({loadavg()} at the end)")
 
 
+def compile_bytecode() -> None:
+    """Byte-compile pydkms as pip and dpkg do when they install it.
+
+    With PYTHONDONTWRITEBYTECODE set (or a read-only tree), modules edited since the last compile
+    would be compiled from source on every start, which is not what an installed dkms pays.
+    """
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "pydkms")], check=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--runs", type=int, help="timed runs per series (default 7; 3 for autoinstall and multikernel)"
     )
     ap.add_argument("--upstream", choices=("bookworm", "trixie", "both", "none"), default="both")
-    ap.add_argument("--only", choices=("status", "build", "autoinstall", "multikernel"))
+    ap.add_argument("--only", choices=("status", "build", "pipeline", "autoinstall", "multikernel"))
     opts = ap.parse_args()
     kernels = kernels_with_headers()
     if not kernels:
         print("no kernel headers installed (run ./tools/test or ./tools/demo first)")
         return 1
+    compile_bytecode()
     upstreams: Dict[str, Path] = {}
     if opts.upstream in ("bookworm", "both"):
         upstreams["3.0.10"] = upstream_dkms()
@@ -679,6 +746,7 @@ def main() -> int:
             bench_status(work, upstreams, kernels[:3], opts.runs or 7)
         if opts.only in (None, "build"):
             bench_build(work, isolated, generic[0], opts.runs or 7)
+        if opts.only in (None, "build", "pipeline"):
             bench_pipeline(work, isolated, generic[0], opts.runs or 7)
         if opts.only in (None, "autoinstall"):
             bench_autoinstall(work, isolated, generic[0], opts.runs or 3)
