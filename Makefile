@@ -9,6 +9,8 @@
 # PYTHON must be an interpreter that can import pydkms (e.g. the python of the venv pip installed
 # into). WRAPPER=no leaves /usr/sbin/dkms alone (when a package puts the dkms command there itself).
 # The installed paths are fixed: the hooks and packaged maintainer scripts call each other by them.
+# /etc/dkms/framework.conf (every setting commented out, at its default) is installed only where
+# none exists, and uninstalled only if unchanged: an administrator's edits are never lost.
 
 FAMILY ?= debian
 DESTDIR ?=
@@ -56,7 +58,7 @@ SCRIPTS := $(DIST)/common/common.postinst $(DIST)/common/dkms_autoinstaller \
 .PHONY: help install-integration uninstall-integration check-integration
 
 help:
-	@sed -n '2,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '2,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 install-integration:
 	@set -e; for entry in $(FILES); do \
@@ -64,6 +66,14 @@ install-integration:
 		echo "install -m $$mode $$src $(DESTDIR)$$dest"; \
 		$(INSTALL) -D -m "$$mode" "$$src" "$(DESTDIR)$$dest"; \
 	done
+	@set -e; conf="$(DESTDIR)/etc/dkms/framework.conf"; \
+	$(INSTALL) -d "$(DESTDIR)/etc/dkms/framework.conf.d"; \
+	if [ ! -e "$$conf" ]; then \
+		echo "install -m 644 $(DIST)/etc/framework.conf $$conf"; \
+		$(INSTALL) -m 644 "$(DIST)/etc/framework.conf" "$$conf"; \
+	elif ! cmp -s "$(DIST)/etc/framework.conf" "$$conf"; then \
+		echo "keeping $$conf (changed locally); the shipped defaults are in $(DIST)/etc/framework.conf"; \
+	fi
 ifeq ($(WRAPPER),yes)
 	@set -e; py=$$(command -v '$(PYTHON)') || { echo "PYTHON=$(PYTHON) is not an interpreter in PATH" >&2; exit 1; }; \
 	"$$py" -c 'import pydkms' 2>/dev/null \
@@ -80,6 +90,10 @@ uninstall-integration:
 	@for entry in $(FILES); do \
 		dest=$${entry%%:*}; echo "rm -f $(DESTDIR)$$dest"; rm -f "$(DESTDIR)$$dest"; \
 	done
+	@conf="$(DESTDIR)/etc/dkms/framework.conf"; \
+	if cmp -s "$(DIST)/etc/framework.conf" "$$conf"; then echo "rm -f $$conf"; rm -f "$$conf"; \
+	elif [ -e "$$conf" ]; then echo "keeping $$conf (changed locally)"; fi; \
+	rmdir "$(DESTDIR)/etc/dkms/framework.conf.d" "$(DESTDIR)/etc/dkms" 2>/dev/null || true
 ifeq ($(WRAPPER),yes)
 	@if grep -qs 'installed by make install-integration' "$(DESTDIR)/usr/sbin/dkms"; then \
 		echo "rm -f $(DESTDIR)/usr/sbin/dkms"; rm -f "$(DESTDIR)/usr/sbin/dkms"; fi

@@ -66,7 +66,11 @@ def system(tmp_path: Path) -> DistSystem:
 # --------------------------------------------------------------------------------------------
 # The install command (spec §8)
 
-COMMON_FILES = {"usr/lib/dkms/common.postinst": 0o755, "usr/sbin/dkms": 0o755}
+COMMON_FILES = {
+    "usr/lib/dkms/common.postinst": 0o755,
+    "usr/sbin/dkms": 0o755,
+    "etc/dkms/framework.conf": 0o644,
+}
 FAMILY_FILES: Dict[str, Dict[str, int]] = {
     "debian": {
         "usr/lib/dkms/dkms_autoinstaller": 0o755,
@@ -90,6 +94,7 @@ FAMILY_FILES: Dict[str, Dict[str, int]] = {
 #: installed path -> file of dist/ it is a copy of
 SOURCES = {
     "usr/lib/dkms/common.postinst": "common/common.postinst",
+    "etc/dkms/framework.conf": "etc/framework.conf",
     "usr/lib/dkms/dkms_autoinstaller": "common/dkms_autoinstaller",
     "etc/kernel/postinst.d/dkms": "debian/kernel/postinst.d/dkms",
     "etc/kernel/header_postinst.d/dkms": "debian/kernel/postinst.d/dkms",
@@ -130,6 +135,7 @@ def test_install_integration_places_the_family_files_with_their_modes(tmp_path: 
     r = make("install-integration", f"FAMILY={family}", f"DESTDIR={dest}", f"PYTHON={sys.executable}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert installed_files(dest) == {**COMMON_FILES, **FAMILY_FILES[family]}
+    assert (dest / "etc/dkms/framework.conf.d").is_dir()
     for rel, src in SOURCES.items():
         if (dest / rel).exists():
             assert (dest / rel).read_bytes() == (DIST / src).read_bytes(), rel
@@ -149,7 +155,11 @@ def test_install_integration_places_the_family_files_with_their_modes(tmp_path: 
 def test_install_without_wrapper_and_uninstall(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     assert make("install-integration", "FAMILY=debian", f"DESTDIR={dest}", "WRAPPER=no").returncode == 0
-    assert installed_files(dest) == {"usr/lib/dkms/common.postinst": 0o755, **FAMILY_FILES["debian"]}
+    assert installed_files(dest) == {
+        "usr/lib/dkms/common.postinst": 0o755,
+        "etc/dkms/framework.conf": 0o644,
+        **FAMILY_FILES["debian"],
+    }
     # runs from any directory
     r = make(
         "-f",
@@ -161,6 +171,32 @@ def test_install_without_wrapper_and_uninstall(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert installed_files(dest) == {}
+
+
+def test_a_changed_framework_conf_survives_reinstall_and_uninstall(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    conf = dest / "etc/dkms/framework.conf"
+    args = ("FAMILY=rpm", f"DESTDIR={dest}", "WRAPPER=no")
+    assert make("install-integration", *args).returncode == 0
+    edited = conf.read_text() + 'parallel_jobs="3"\n'
+    conf.write_text(edited)
+    (dest / "etc/dkms/framework.conf.d/local.conf").write_text('verbose="y"\n')
+    r = make("install-integration", *args)
+    assert r.returncode == 0, r.stderr
+    assert f"keeping {conf} (changed locally)" in r.stdout
+    assert conf.read_text() == edited
+    r = make("uninstall-integration", *args)
+    assert r.returncode == 0, r.stderr
+    assert installed_files(dest) == {
+        "etc/dkms/framework.conf": 0o644,
+        "etc/dkms/framework.conf.d/local.conf": 0o644,
+    }
+    assert conf.read_text() == edited
+    # an unchanged one goes; so do the directories once empty
+    (dest / "etc/dkms/framework.conf.d/local.conf").unlink()
+    shutil.copy(DIST / "etc/framework.conf", conf)
+    assert make("uninstall-integration", *args).returncode == 0
+    assert not (dest / "etc").exists() or not any((dest / "etc").rglob("*"))
 
 
 def test_install_integration_refuses_an_unknown_family(tmp_path: Path) -> None:
