@@ -93,7 +93,8 @@ class Settings:
     continue_on_error: str = "true"
     conf_evaluation: EvalMode = EvalMode.AUTO
     etc_dir: Path = DEFAULT_ETC_DIR
-    #: framework files that exist, in evaluation order (for the lazy re-reads of §5)
+    #: framework files taken at start-up (existing, and not skipped), in evaluation order; the lazy
+    #: re-reads of §5 evaluate these
     files: Tuple[Path, ...] = ()
     #: raw values of every key as evaluated at start-up (including the lazy ones)
     raw: Mapping[str, str] = field(default_factory=dict)
@@ -110,15 +111,19 @@ class Settings:
 
     def reread(self, keys: Sequence[str], kernelver: str, arch: str) -> Dict[str, str]:
         """Lazy re-read of ``keys`` with ``kernelver``/``arch`` bound (framework-conf.md §5)."""
-        values = _evaluate_files(self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw)
+        values, _ = _evaluate_files(self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw)
         return {k: values.get(k, self.raw.get(k, "")) for k in keys}
 
 
 def _evaluate_files(
     files: Sequence[Path], mode: EvalMode, context: Mapping[str, str], initial: Mapping[str, str]
-) -> Dict[str, str]:
-    """Evaluate framework files one after another; a file that fails is reported and skipped."""
+) -> Tuple[Dict[str, str], Tuple[Path, ...]]:
+    """Evaluate framework files one after another; a file that fails is reported and skipped.
+
+    Returns the values and the files that were taken (the lazy re-reads use only those).
+    """
     values: Dict[str, str] = dict(initial)
+    taken: List[Path] = []
     environ = os.environ
     injections = directive_injections(environ, FRAMEWORK_KEYS)
     for path in files:
@@ -144,12 +149,20 @@ def _evaluate_files(
         except (OSError, DkmsError) as exc:
             print(f"Warning: {path}: skipped, cannot be evaluated: {exc}", file=sys.stderr)
             continue
+        if result.evaluator == "bash":
+            from .confeval.bash import syntax_error  # only files outside the data subset get here
+
+            problem = syntax_error(path, environ)
+            if problem:
+                print(f"Warning: {path}: skipped, bash cannot parse it: {problem}", file=sys.stderr)
+                continue
         if result.stderr:
             sys.stderr.write(result.stderr)
         for key, arr in result.values.items():
             if 0 in arr:
                 values[key] = arr[0]
-    return values
+        taken.append(path)
+    return values, tuple(taken)
 
 
 def _readable_file(path: Path) -> bool:
@@ -240,7 +253,7 @@ def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] 
         "kernelver": "",
         "arch": "",
     }
-    values = _evaluate_files(files, mode, context, initial) if files else dict(initial)
+    values, files = _evaluate_files(files, mode, context, initial) if files else (dict(initial), ())
     return Settings(
         dkms_tree=Path(values["dkms_tree"] or "/var/lib/dkms"),
         source_tree=Path(values["source_tree"] or "/usr/src"),

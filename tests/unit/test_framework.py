@@ -100,6 +100,35 @@ def test_shell_framework_file_in_data_mode_is_skipped(etc: Path, capsys: pytest.
     assert "x.conf" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_framework_file_that_bash_cannot_parse_is_skipped_whole(
+    etc: Path, capsys: pytest.CaptureFixture[str], newline: str
+) -> None:
+    conf = etc / "framework.conf"
+    # bash would run line 1 before it reaches the error; the spec skips the whole file
+    conf.write_bytes(newline.join(["parallel_jobs=5", "post_transaction=$(echo hi)", "if then", ""]).encode())
+    (etc / "framework.conf.d" / "a.conf").write_text("verbose=1\nmodprobe_on_install=$(echo y)\n")
+    s = framework.load()
+    err = capsys.readouterr().err
+    assert f"Warning: {conf}: skipped, bash cannot parse it: line 3: syntax error" in err
+    assert s.parallel_jobs != "5" and s.post_transaction == ""
+    assert s.verbose is True and s.modprobe_on_install is True  # the next file still counts
+    assert str(etc / "framework.conf.d" / "a.conf") not in err
+    # the lazy re-reads (signing keys, post_transaction) use only the files taken at start-up
+    assert s.files == (etc / "framework.conf.d" / "a.conf",)
+    assert s.reread(["post_transaction"], "6.1.0-1-amd64", "x86_64") == {"post_transaction": ""}
+    assert capsys.readouterr().err == ""
+
+
+def test_framework_file_whose_last_command_fails_is_not_skipped(
+    etc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (etc / "framework.conf").write_text('parallel_jobs=$(nproc)\n[ -n "" ] && verbose=1\n')
+    s = framework.load()
+    assert capsys.readouterr().err == ""
+    assert s.parallel_jobs.isdigit() and s.verbose is False
+
+
 def test_directive_injections(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     env = {"DKMS_DIRECTIVE_A": "MAKE=make -j1=x", "DKMS_DIRECTIVE_B": "PATH=/evil", "OTHER": "MAKE=no"}
     assert framework.directive_injections(env, ("MAKE",)) == (("MAKE", "make -j1"),)

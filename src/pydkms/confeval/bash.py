@@ -321,6 +321,39 @@ def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> Lis
     return results
 
 
+def syntax_error(path: Path, environ: Mapping[str, str]) -> Optional[str]:
+    """bash's first complaint (``line N: …``) if ``path``, CRLF normalised as it is evaluated, does not parse.
+
+    Sourcing a file that does not parse still runs the lines before the error, and the captured
+    stderr is all that shows it; ``bash -n`` tells it apart from a file whose last command failed.
+    """
+    exe = shutil.which("bash", path=environ.get("PATH") or os.defpath) or shutil.which("bash")
+    if exe is None:
+        return None
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with tempfile.TemporaryDirectory(prefix="pydkms-bash.") as tmp:
+        target = os.fspath(path)
+        if b"\r" in data:
+            target = os.path.join(tmp, "conf")
+            with open(target, "wb") as fh:
+                fh.write(normalize_crlf(data))
+        proc = subprocess.run(
+            [exe, "--norc", "--noprofile", "-n", target],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=_bash_env(environ),
+            check=False,
+        )
+    if proc.returncode == 0:
+        return None
+    lines = decode(proc.stderr).splitlines()
+    if not lines:
+        return f"bash -n exited with status {proc.returncode}"
+    first = lines[0]
+    return first[len(target) + 2 :] if first.startswith(f"{target}: ") else first
+
+
 def evaluate_bash(
     files: Sequence[Path],
     whitelist: Sequence[str],
