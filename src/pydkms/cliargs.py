@@ -286,6 +286,20 @@ def split_first_slash(text: str) -> tuple[str, Optional[str]]:
     return (head, tail) if sep else (text, None)
 
 
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def _not_a_source(token: str) -> Optional[str]:
+    """Why a token that looks like a path is not a source directory, dkms.conf or archive (§2)."""
+    if os.path.isdir(token):
+        return f"'{token}' is a directory but has no file dkms.conf"
+    if os.path.lexists(token):
+        return f"'{token}' is not a regular file or directory"
+    if token.startswith(_PATH_PREFIXES):
+        return f"'{token}' does not exist"
+    return None
+
+
 def _path(value: str) -> Optional[Path]:
     return Path(value) if value else None
 
@@ -407,6 +421,9 @@ class _Parser:
             self.archive = Path(token)
         elif not self.module:
             self.set_module_version(token)
+            problem = _not_a_source(token)
+            if problem and (token.startswith(_PATH_PREFIXES) or not self.module or self.version is None):
+                self.notice(f"Warning: {problem}, so it is read as <module>/<version>.")
         else:
             self.notice(
                 f"Warning: I do not know how to handle '{token}': it is not an action, a source "

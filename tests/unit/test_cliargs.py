@@ -546,6 +546,33 @@ def test_second_bare_module_is_not_understood(in_tmp: Path) -> None:
     assert inv.notices[0].before_quiet
 
 
+@pytest.mark.parametrize(
+    ("token", "problem", "module", "version"),
+    [
+        ("/nonexistent/dir", "'/nonexistent/dir' does not exist", "", "nonexistent/dir"),
+        ("./foo", "'./foo' does not exist", ".", "foo"),
+        ("empty", "'empty' is a directory but has no file dkms.conf", "empty", None),
+        ("dangling", "'dangling' is not a regular file or directory", "dangling", None),
+    ],
+)
+def test_bare_path_that_is_no_source_is_explained(
+    in_tmp: Path, token: str, problem: str, module: str, version: Optional[str]
+) -> None:
+    (in_tmp / "empty").mkdir()
+    (in_tmp / "dangling").symlink_to("nowhere")
+    inv = parse_args(["add", token])
+    # still read as MODULE[/VERSION] (cli.md §2 rule 5), with the reason it is not a source
+    assert (inv.module, inv.version, inv.source_path) == (module, version, None)
+    assert [n.text for n in inv.notices] == [f"Warning: {problem}, so it is read as <module>/<version>."]
+
+
+def test_existing_directory_named_like_module_version_is_not_flagged(in_tmp: Path) -> None:
+    # e.g. `dkms install hello/1.0` run from inside /var/lib/dkms
+    (in_tmp / "hello" / "1.0").mkdir(parents=True)
+    inv = parse_args(["install", "hello/1.0"])
+    assert (inv.module, inv.version, inv.notices) == ("hello", "1.0", ())
+
+
 def test_bare_token_after_dash_m_is_not_understood(in_tmp: Path) -> None:
     inv = parse_args(["status", "-m", "foo", "bar"])
     assert inv.module == "foo"
