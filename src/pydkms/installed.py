@@ -63,6 +63,24 @@ def locate_installed(install_dir: Path, record: ModuleRecord, built: Path, suffi
     return None
 
 
+def fingerprinted_install(target_dir: Path, record: ModuleRecord, install_dir: Path) -> Optional[Path]:
+    """The file the install fingerprint of ``target_dir`` names for ``record``, if it is still ours.
+
+    For uninstall when :func:`locate_installed` cannot tell (the built module is gone or unreadable):
+    the file must lie under ``install_dir`` and be unchanged since we wrote it (same inode, size and
+    mtime, or, for a copy, the same sha256 as the built module had).
+    """
+    entry = read_fingerprint(target_dir).get(record.dest_name)
+    if entry is None:
+        return None
+    path = Path(entry.installed)
+    if install_dir not in path.parents or not path.is_file():
+        return None
+    if stat_tuple(path) == entry.installed_stat or (entry.identical and sha256(path) == entry.sha256):
+        return path
+    return None
+
+
 def same_contents(a: Path, b: Path) -> bool:
     import filecmp
 

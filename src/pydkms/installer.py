@@ -20,6 +20,7 @@ from .errors import DkmsError
 from .installed import (
     FingerprintEntry,
     fingerprint_for,
+    fingerprinted_install,
     locate_installed,
     remove_fingerprint,
     same_contents,
@@ -148,9 +149,14 @@ def version_sanity(
             return False
         return True
     if ver(e_ver).encode() > ver(d_ver).encode() and not force:
+        if d_ver:
+            what = f"Module version {d_ver} for {record.dest_name}.ko{suffix} is not newer than"
+        else:
+            what = (
+                f"The built {built} has no version (no MODULE_VERSION, or modinfo cannot read it), older than"
+            )
         console.error(
-            f"Module version {d_ver} for {record.dest_name}.ko{suffix} is not newer than what is already found "
-            f"in kernel {k} ({e_ver}).\nYou may override by specifying --force."
+            f"{what} what is already found in kernel {k} ({e_ver}).\nYou may override by specifying --force."
         )
         return False
     return True
@@ -438,6 +444,8 @@ def uninstall(session: Session, m: str, v: str, target: Target, *, conf: Optiona
         for r in conf.records:
             built = compressed_or_uncompressed(T / "module", r.dest_name, suffix)
             found = locate_installed(kdir, r, built, suffix) if built is not None else None
+            if found is None:  # the built module is gone or unreadable: what did we install?
+                found = fingerprinted_install(T, r, kdir)
             located.append((r, found))
         weak_modules(session, conf, [f for _r, f in located if f is not None], add=False)
         for r, found in located:

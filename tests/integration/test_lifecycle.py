@@ -245,6 +245,28 @@ def test_build_depends_force(scratch: Scratch, kernel: str) -> None:
     assert "BUILD_DEPENDS" in r.err, r
 
 
+def test_uninstall_finds_our_file_when_the_built_module_is_unreadable(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    built = scratch.dkms_tree / "hello/1.0" / kernel / ARCH / "module/hello.ko"
+    installed = scratch.install_tree / kernel / "updates/dkms/hello.ko"
+    # modinfo cannot read the built module, so the version match that locates the installed
+    # copy fails; the install fingerprint still names the file we wrote
+    built.write_bytes(b"")
+    r = scratch.ok("uninstall", "hello/1.0", "-k", kernel)
+    assert f"Deleting {installed}" in r.out
+    assert not installed.exists()
+    # a file that is no longer ours (replaced since) is left alone
+    built.unlink()
+    scratch.ok("build", "hello/1.0", "-k", kernel, "--force")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    built.write_bytes(b"")
+    installed.write_bytes(installed.read_bytes() + b"\0")
+    r = scratch.ok("uninstall", "hello/1.0", "-k", kernel)
+    assert "hello.ko was not found" in r.out
+    assert installed.exists()
+
+
 def test_module_without_version(scratch: Scratch, kernel: str) -> None:
     scratch.add_source("noversion")
     scratch.ok("install", "noversion/1.0", "-k", kernel)
@@ -261,6 +283,15 @@ def test_module_without_version(scratch: Scratch, kernel: str) -> None:
     assert r.rc == 6, r
     assert "unversioned" in r.err
     assert scratch.status() == [f"noversion/1.0, {kernel}, {ARCH}: built"]
+    # a versioned module of that name in the kernel: the unversioned build counts as older
+    scratch.add_source("hello")
+    scratch.ok("build", "hello/1.0", "-k", kernel)
+    hello = scratch.dkms_tree / "hello/1.0" / kernel / ARCH / "module/hello.ko"
+    (intree / "noversion.ko").write_bytes(hello.read_bytes())
+    r = scratch.dkms("install", "noversion/1.0", "-k", kernel)
+    assert r.rc == 6, r
+    assert f"The built {built} has no version" in r.err
+    assert f"already found in kernel {kernel} (1.0)" in r.err
 
 
 def _intree(scratch: Scratch, kernel: str, version: str) -> Path:
