@@ -93,6 +93,10 @@ def _elements(values: Mapping[str, Mapping[int, str]], name: str) -> List[str]:
     return [arr[i] for i in sorted(arr)]
 
 
+#: More module records than any package has; beyond it the arrays are refused, not expanded.
+MAX_MODULE_RECORDS = 1024
+
+
 def _count(values: Mapping[str, Mapping[int, str]], name: str) -> int:
     """``${#X[@]}``: number of set elements."""
     return len(values.get(name, {}))
@@ -323,6 +327,16 @@ class ConfReader:
 
         max_index = max((i for n in family for i in values.get(n, {})), default=-1)
         num_modules = max_index + 1
+        if num_modules > MAX_MODULE_RECORDS:
+            # every index below the highest is a record (§6): a huge index would mean millions
+            directive = next(n for n in family if max_index in values.get(n, {}))
+            problem(
+                f"{directive}[{max_index}]: module index too large (records #0 to #{MAX_MODULE_RECORDS - 1} "
+                "are supported).",
+                directive,
+                max_index,
+            )
+            num_modules = 0
         strip_values = values.get("STRIP", {})
         strip_arr: Dict[int, str] = dict(values.get("strip", {}))
         records: List[ModuleRecord] = []

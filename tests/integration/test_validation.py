@@ -86,6 +86,12 @@ def expected_errors(case: str, conf: Path) -> List[str]:
             f"Error! {conf}: record #2: BUILT_MODULE_NAME[2] is not set or empty.",
             f"Error! {conf}: record #2: DEST_MODULE_LOCATION[2] is not set or empty.",
         ],
+        "module_index_too_large": lambda: [
+            at(
+                "BUILT_MODULE_NAME[5000]",
+                "BUILT_MODULE_NAME[5000]: module index too large (records #0 to #1023 are supported).",
+            )
+        ],
         "duplicate_built_module": lambda: [
             at("BUILT_MODULE_NAME[1]", "record #1: module 'src/invalid' is already built by record #0.")
         ],

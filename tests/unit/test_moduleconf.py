@@ -210,3 +210,17 @@ def test_conf_cache_reuses_kernel_independent_results(tmp_path: Path, ksrc: Path
         assert calls["n"] == 2
     finally:
         mc.evaluate = real  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_huge_module_index_is_refused_not_expanded(tmp_path: Path, ksrc: Path, strict: bool) -> None:
+    # outside the data subset, so bash evaluates it; bash wraps the index to ~7.7e18, and every
+    # index below the highest would be a record: refused with one error instead of running out of memory
+    text = (
+        BASE
+        + 'BUILT_MODULE_NAME[99999999999999999999]=far\nDEST_MODULE_LOCATION[99999999999999999999]="/extra"\n'
+    )
+    with pytest.raises(ConfError) as exc:
+        read(tmp_path, ksrc, text, strict=strict)
+    assert "module index too large (records #0 to #1023 are supported)" in str(exc.value.errors)
+    assert len(exc.value.errors) == 1
