@@ -297,7 +297,7 @@ def _private_dir_script(path: Path, source: Optional[Path], state: Path, tag: st
     )
 
 
-def _overlay_script(path: Path, upper: Optional[Path], state: Path, tag: str) -> str:
+def overlay_script(path: Path, upper: Optional[Path], state: Path, tag: str) -> str:
     """Shell lines that cover ``path`` with an overlay: host content visible, writes go elsewhere.
 
     Writes land in ``upper/upper`` (persistent; ``upper/work`` is overlayfs' work dir) or, without
@@ -381,7 +381,7 @@ def run_isolated(
                 script.append(f"ln -s {q(target)} {q(str(LIB_MODULES / kver / name))}")
         script.append(_private_dir_script(VAR_LIB_DKMS, var_lib_dkms, state, "var-lib-dkms"))
         script.append(_private_dir_script(ETC_DKMS, etc_dkms, state, "etc-dkms"))
-        script.append(_overlay_script(USR_SRC, usr_src, state, "usr-src"))
+        script.append(overlay_script(USR_SRC, usr_src, state, "usr-src"))
         if setup:
             script.append(setup)
         script.append(f"cd {q(str(cwd))}" if cwd is not None else f"cd {q(os.getcwd())}")
