@@ -266,9 +266,8 @@ def build_one(session: Session, m: str, v: str, t: Target) -> int:
     built = session.tree.is_built(m, v, t.kernel, t.arch)
     if _already(session, m, v, t, built, "built"):
         return 0
-    if built:
-        installer.unbuild_target(session, m, v, t)
-    return builder.build(session, m, v, t)
+    # --force: the new build replaces K/A only once it succeeded
+    return builder.build(session, m, v, t, replace=built)
 
 
 def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:

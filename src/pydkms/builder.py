@@ -103,15 +103,19 @@ def check_build_depends(session: Session, conf: ModuleConf, target: Target) -> N
     )
 
 
-def build(session: Session, m: str, v: str, target: Target) -> int:
-    """Build m/v for one target. Returns 0, 77 (excluded) or a script's status; raises DkmsError."""
+def build(session: Session, m: str, v: str, target: Target, *, replace: bool = False) -> int:
+    """Build m/v for one target. Returns 0, 77 (excluded) or a script's status; raises DkmsError.
+
+    ``replace`` (build --force): an existing K/A stays until the new build is committed in its
+    place, so a failed rebuild leaves the previous good one (and an install that uses it) alone.
+    """
     tree = session.tree
     console = session.console
     k, a = target.kernel, target.arch
     if not k or not a:
         raise DkmsError(16, "Empty kernel version or architecture.")
     final = tree.target_dir(m, v, k, a)
-    if final.exists():
+    if final.exists() and not replace:
         raise DkmsError(
             3,
             f"{m}/{v} has already been built for {k} ({a}): {final} exists.",
@@ -203,7 +207,7 @@ def build(session: Session, m: str, v: str, target: Target) -> int:
                 f"Make sure the name and location of the generated module are correct, or consult {log}.",
             )
 
-    _stage_and_commit(session, conf, kernel, suffix, build_dir, final, build_env)
+    _stage_and_commit(session, conf, kernel, suffix, build_dir, final, build_env, replace=replace)
 
     status = run_script("post_build", conf.post_build, build_dir, console, env, log)
     if status:
@@ -235,6 +239,8 @@ def _stage_and_commit(
     build_dir: Path,
     final: Path,
     build_env: Dict[str, str],
+    *,
+    replace: bool = False,
 ) -> None:
     """Steps 14-15: post-process into a hidden staging dir, then rename it to K/A atomically."""
     console = session.console
@@ -262,12 +268,21 @@ def _stage_and_commit(
             if compressed_or_uncompressed(module_dir, r.dest_name, suffix) is None:
                 raise DkmsError(7, f"Missing module '{r.dest_name}' in {module_dir}.")
         os.chmod(staging, 0o755)
+        previous: Optional[Path] = None
         if final.exists():
-            raise DkmsError(3, f"{final} appeared while building; not replacing it.")
+            if not replace:
+                raise DkmsError(3, f"{final} appeared while building; not replacing it.")
+            previous = staging.with_name(f".old_{kernel.arch}_{os.getpid()}")
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(final, previous)
         try:
             os.rename(staging, final)
         except OSError as exc:
+            if previous is not None:
+                os.rename(previous, final)
             raise DkmsError(7, f"Could not move the built module into {final}: {exc.strerror}.") from exc
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

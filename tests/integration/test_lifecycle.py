@@ -245,6 +245,24 @@ def test_build_depends_force(scratch: Scratch, kernel: str) -> None:
     assert "BUILD_DEPENDS" in r.err, r
 
 
+def test_failed_forced_rebuild_keeps_the_previous_build(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    target = scratch.dkms_tree / "hello/1.0" / kernel / ARCH
+    before = (target / "module/hello.ko").read_bytes()
+    r = scratch.dkms("build", "hello/1.0", "-k", kernel, "--force", "--directive", "MAKE=false")
+    assert r.rc == 10, r
+    # the build that is installed is still there, and still installed
+    assert (target / "module/hello.ko").read_bytes() == before
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]
+    scratch.ok("build", "hello/1.0", "-k", kernel, "--force")
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]
+    scratch.ok("uninstall", "hello/1.0", "-k", kernel)
+    assert not (scratch.install_tree / kernel / "updates/dkms/hello.ko").exists()
+
+
 def test_uninstall_finds_our_file_when_the_built_module_is_unreadable(scratch: Scratch, kernel: str) -> None:
     scratch.add_source("hello")
     scratch.ok("install", "hello/1.0", "-k", kernel)
