@@ -16,6 +16,7 @@ from typing import Callable, ContextManager, List, Optional, Sequence, Tuple
 
 from . import builder, installer, runner
 from .errors import DkmsError
+from .installed import installed_file_missing
 from .scripts import logged_step, run_script
 from .session import Session
 from .tree import Target
@@ -281,7 +282,14 @@ def install_one(session: Session, m: str, v: str, t: Target, commit: ContextMana
     """One-kernel install (cli.md §8.3); the build part runs outside ``commit``, the rest inside."""
     tree = session.tree
     installed = tree.is_installed(m, v, t.kernel, t.arch)
-    if _already(session, m, v, t, installed, "installed"):
+    missing = installed_file_missing(tree.target_dir(m, v, t.kernel, t.arch)) if installed else None
+    if missing is not None:
+        # e.g. an uninstall killed after deleting the file, before removing the kernel link
+        session.console.info(
+            f"Module {m}/{v} is installed for kernel {t.kernel} ({t.arch}), but {missing} is missing: "
+            "installing it again."
+        )
+    elif _already(session, m, v, t, installed, "installed"):
         return 0
     if not installed and not tree.is_built(m, v, t.kernel, t.arch):
         status = builder.build(session, m, v, t)
@@ -409,6 +417,7 @@ def rebuild_dependents(session: Session, t: Target) -> None:
 # ---- uninstall / unbuild / remove ----------------------------------------------------------------
 def _not_installed(session: Session, m: str, v: str, t: Target) -> int:
     session.console.info(f"Module {m}/{v} is not installed for kernel {t.kernel} ({t.arch}). Skipping...")
+    installer.recover_interrupted_install(session, m, v, t)
     return 0
 
 

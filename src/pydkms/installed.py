@@ -81,6 +81,15 @@ def fingerprinted_install(target_dir: Path, record: ModuleRecord, install_dir: P
     return None
 
 
+def installed_file_missing(target_dir: Path) -> Optional[Path]:
+    """A file the install fingerprint of ``target_dir`` says we installed and that is gone, if any."""
+    for entry in read_fingerprint(target_dir).values():
+        path = Path(entry.installed)
+        if not os.path.lexists(path):
+            return path
+    return None
+
+
 def same_contents(a: Path, b: Path) -> bool:
     import filecmp
 

@@ -8,11 +8,12 @@ when possible) before anything replaces it and its origin is recorded first.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from . import kernel as kernel_mod
 from . import runner
@@ -68,7 +69,9 @@ def move_file(src: Path, dest: Path) -> None:
     """Move a file, atomically when on the same filesystem (copy to temp + rename otherwise)."""
     try:
         os.replace(src, dest)
-    except OSError:
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
         atomic_copy(src, dest)
         os.unlink(src)
 
@@ -189,7 +192,11 @@ def archive_original(
         tmp_origin = backup / f".{original.name}.origin.tmp"
         tmp_origin.write_text(f"{original}\n")
         os.replace(tmp_origin, origin)
-        move_file(original, backup / original.name)
+        try:
+            move_file(original, backup / original.name)
+        except BaseException:
+            origin.unlink()
+            raise
         return
 
 
@@ -247,34 +254,37 @@ def install(session: Session, m: str, v: str, target: Target, *, build_if_needed
 
     link = tree.kernel_link(m, k, a)
     was_linked = link.is_symlink()
-    installed_any = False
     installed_files: List[tuple[ModuleRecord, Path, Path]] = []
-    for r in conf.records:
-        if not version_sanity(session, conf, r, target, suffix, force, force_vo):
-            continue
-        src = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
-        assert src is not None
-        if not was_linked:
-            archive_original(session, m, r, target, suffix, src)
-        elif compressed_or_uncompressed(tree.original_module_dir(m, k, a), r.dest_name, suffix) is not None:
-            console.info("An original module was already stored during a previous install")
-        dest_dir = Path(f"{kdir}{r.install_location}")
-        dest = dest_dir / src.name
-        console.info(f"Installing {dest}")
-        try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            if session.settings.symlink_modules:
-                atomic_symlink(str(src), dest)
-            else:
-                atomic_copy(src, dest)
-        except OSError as exc:
-            raise DkmsError(6, f"Copying '{src}' to {dest} failed: {exc.strerror}.") from exc
-        installed_any = True
-        installed_files.append((r, src, dest))
-    if conf.num_modules > 0 and not installed_any:
-        raise DkmsError(6, "Installation aborted: no module of the package was installed.")
-
-    atomic_symlink(tree.kernel_link_target(v, k, a), link)
+    try:
+        for r in conf.records:
+            if not version_sanity(session, conf, r, target, suffix, force, force_vo):
+                continue
+            src = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
+            assert src is not None
+            dest_dir = Path(f"{kdir}{r.install_location}")
+            dest = dest_dir / src.name
+            try:
+                if not was_linked:
+                    archive_original(session, m, r, target, suffix, src)
+                elif compressed_or_uncompressed(tree.original_module_dir(m, k, a), r.dest_name, suffix):
+                    console.info("An original module was already stored during a previous install")
+                console.info(f"Installing {dest}")
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                if session.settings.symlink_modules:
+                    atomic_symlink(str(src), dest)
+                else:
+                    atomic_copy(src, dest)
+            except OSError as exc:
+                what = exc.strerror or str(exc)
+                raise DkmsError(6, f"Installing {dest} failed: {what} ({exc.filename or src}).") from exc
+            installed_files.append((r, src, dest))
+        if conf.num_modules > 0 and not installed_files:
+            raise DkmsError(6, "Installation aborted: no module of the package was installed.")
+        atomic_symlink(tree.kernel_link_target(v, k, a), link)
+    except BaseException:
+        # nothing is installed until the kernel link exists: put the kernel back as it was
+        _undo_install(session, m, conf, target, suffix, [d for _r, _s, d in installed_files], was_linked)
+        raise
 
     weak_modules(session, conf, [d for _r, _s, d in installed_files], add=True)
     run_script("post_install", conf.post_install, source, console, env)
@@ -294,6 +304,69 @@ def install(session: Session, m: str, v: str, target: Target, *, build_if_needed
             entries.append(e)
     write_fingerprint(tree.target_dir(m, v, k, a), entries)
     return 0
+
+
+def _undo_install(
+    session: Session,
+    m: str,
+    conf: ModuleConf,
+    target: Target,
+    suffix: str,
+    copied: Sequence[Path],
+    was_linked: bool,
+) -> None:
+    """Remove the copies an install made before it failed, and bring back the originals it archived."""
+    kdir = session.settings.install_tree / target.kernel
+    for dest in copied:
+        try:
+            dest.unlink()
+        except OSError:
+            continue
+        _prune_dirs(kdir, dest.parent, not session.family.uses_uname_arch)
+    if not was_linked:
+        for r in conf.records:
+            try:
+                restore_originals(session, m, r, target, suffix)
+            except OSError as exc:
+                session.console.warn(f"Could not restore the original of {r.dest_name}: {exc}")
+        _rmdir_quiet(session.tree.original_module_root(m))
+
+
+def recover_interrupted_install(session: Session, m: str, v: str, target: Target) -> None:
+    """Undo what an install killed before its kernel link left behind (copies, archived originals).
+
+    Called where m/v is about to be forgotten for this kernel while not installed (uninstall,
+    unbuild, remove): without it the copies would stay in the kernel and the originals in the
+    archive, unknown to anyone.
+    """
+    tree = session.tree
+    k, a = target.kernel, target.arch
+    if tree.kernel_link(m, k, a).is_symlink():
+        return  # installed (this or another version): the archive belongs to that install
+    backup = tree.original_module_dir(m, k, a)
+    module_dir = tree.built_module_dir(m, v, k, a)
+    if not backup.is_dir() and not module_dir.is_dir():
+        return
+    try:
+        conf = session.read_conf(m, v, session.kernel(k, a), strict=False)
+    except DkmsError:
+        return
+    kdir = session.settings.install_tree / k
+    suffix = module_suffix(session.settings.install_tree, k)
+    copies: List[Path] = []
+    for r in conf.records:
+        built = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
+        if built is None:
+            continue
+        for found in kernel_mod.find_module_files(kdir, r.dest_name, suffix):
+            if found.is_file() and same_contents(found, built):
+                copies.append(found)
+    if not copies and not backup.is_dir():
+        return
+    session.console.info(f"Undoing an interrupted install of {m}/{v} for kernel {k} ({a}).")
+    for c in copies:
+        session.console.info(f"Deleting {c}")
+    _undo_install(session, m, conf, target, suffix, copies, was_linked=False)
 
 
 def modprobe_present_devices() -> None:

@@ -348,6 +348,55 @@ def test_original_module_archived_and_restored(scratch: Scratch, kernel: str) ->
     assert scratch.status() == [f"replaceme/2.0, {kernel}, {ARCH}: built"]
 
 
+def test_failed_install_puts_the_original_back(scratch: Scratch, kernel: str) -> None:
+    original = _intree(scratch, kernel, "1.0")
+    content = original.read_bytes()
+    scratch.add_source("replaceme", "2.0")
+    scratch.ok("build", "replaceme/2.0", "-k", kernel)
+    blocker = scratch.install_tree / kernel / "updates"
+    blocker.write_text("")  # a file where the install directory should be
+    r = scratch.dkms("install", "replaceme/2.0", "-k", kernel)
+    assert r.rc == 6, r
+    assert f"Installing {blocker}/dkms/replaceme.ko failed: Not a directory" in r.err
+    # the original was archived before the copy failed: it is back, and nothing else is left
+    assert original.read_bytes() == content
+    assert not (scratch.dkms_tree / "replaceme/original_module").exists()
+    assert scratch.status() == [f"replaceme/2.0, {kernel}, {ARCH}: built"]
+    blocker.unlink()
+    scratch.ok("install", "replaceme/2.0", "-k", kernel)
+    assert not original.exists()
+
+
+def test_install_killed_before_its_kernel_link_is_undone_by_remove(scratch: Scratch, kernel: str) -> None:
+    original = _intree(scratch, kernel, "1.0")
+    content = original.read_bytes()
+    scratch.add_source("replaceme", "2.0")
+    scratch.ok("install", "replaceme/2.0", "-k", kernel)
+    # what an install killed after the copy but before the kernel link leaves behind
+    (scratch.dkms_tree / "replaceme" / f"kernel-{kernel}-{ARCH}").unlink()
+    copy = scratch.install_tree / kernel / "updates/dkms/replaceme.ko"
+    assert copy.is_file() and not original.exists()
+    r = scratch.ok("remove", "replaceme/2.0", "-k", kernel)
+    assert "Undoing an interrupted install of replaceme/2.0" in r.out
+    assert f"Deleting {copy}" in r.out
+    assert not copy.exists()
+    assert original.read_bytes() == content
+    assert not (scratch.dkms_tree / "replaceme").exists()
+    assert scratch.status() == []
+
+
+def test_install_repairs_an_installed_module_whose_file_is_gone(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    installed = scratch.install_tree / kernel / "updates/dkms/hello.ko"
+    installed.unlink()  # what an uninstall killed before removing the kernel link leaves
+    r = scratch.ok("install", "hello/1.0", "-k", kernel)
+    assert f"but {installed} is missing: installing it again" in r.out
+    assert installed.is_file()
+    r = scratch.ok("install", "hello/1.0", "-k", kernel)
+    assert "already installed" in r.out
+
+
 def test_newer_intree_module_is_not_replaced(scratch: Scratch, kernel: str) -> None:
     original = _intree(scratch, kernel, "3.0")
     scratch.add_source("replaceme", "2.0")
