@@ -68,7 +68,7 @@ def check_not_broken(session: Session, m: str, v: str) -> None:
         raise DkmsError(
             4,
             f"{m}/{v} is broken: its source directory or the symbolic link pointing to it is missing.",
-            hint="Manual intervention is required (re-create the source or run 'dkms remove --all').",
+            hint=f"Manual intervention is required: re-create the source, or delete {session.tree.version_dir(m, v)}.",
         )
 
 
@@ -480,16 +480,32 @@ def remove(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
         if not remaining:
             session.console.info(f"Deleting module {m}/{v} completely from the DKMS tree.")
             stub = tree.is_binaries_only_stub(m, v)
-            shutil.rmtree(vdir, ignore_errors=True)
+            _discard(vdir)
             if stub:
                 shutil.rmtree(tree.source_dir(m, v), ignore_errors=True)
             mdir = tree.module_dir(m)
+            for trash in mdir.glob(".removing-*"):  # left by a remove that was killed (we hold the lock)
+                shutil.rmtree(trash, ignore_errors=True)
             try:
                 mdir.rmdir()
             except OSError:
                 pass
         run_post_transaction(session, targets)
     return status
+
+
+def _discard(path: Path) -> None:
+    """Delete a directory so that a crash leaves it whole or invisible, never half-deleted.
+
+    It is renamed to a hidden name first, which every listing of the tree skips: a ``remove``
+    killed during the deletion does not leave a "broken" module (its source link deleted first).
+    """
+    trash = path.with_name(f".removing-{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---- post_transaction (framework-conf.md §6) -----------------------------------------------------

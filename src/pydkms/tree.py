@@ -178,7 +178,9 @@ class Tree:
         names = [
             n
             for n in _listdir(self.dkms_tree)
-            if (not pattern or fnmatch.fnmatchcase(n, pattern)) and _is_dir(self.dkms_tree / n)
+            if not n.startswith(".")
+            and (not pattern or fnmatch.fnmatchcase(n, pattern))
+            and _is_dir(self.dkms_tree / n)
         ]
         return _sorted_bytes(names)
 
@@ -188,6 +190,7 @@ class Tree:
             n
             for n in _listdir(mdir)
             if n != "original_module"
+            and not n.startswith(".")  # as upstream's globs; also remove's half-deleted trash
             and not fnmatch.fnmatchcase(n, "kernel-*-*")
             and (not pattern or fnmatch.fnmatchcase(n, pattern))
             and _is_dir(mdir / n)

@@ -397,6 +397,20 @@ def test_install_repairs_an_installed_module_whose_file_is_gone(scratch: Scratch
     assert "already installed" in r.out
 
 
+def test_remove_killed_while_deleting_leaves_nothing_broken(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    # remove renames m/v to a hidden name before deleting it; a kill during the deletion leaves
+    # this, with the source link already gone
+    trash = scratch.dkms_tree / "hello" / f".removing-0.9-{2**22}"
+    (trash / kernel / ARCH / "module").mkdir(parents=True)
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    r = scratch.ok("status")
+    assert "broken" not in r.out + r.err
+    scratch.ok("remove", "hello/1.0", "--all")
+    assert not (scratch.dkms_tree / "hello").exists()  # the leftover went with the last version
+
+
 def test_newer_intree_module_is_not_replaced(scratch: Scratch, kernel: str) -> None:
     original = _intree(scratch, kernel, "3.0")
     scratch.add_source("replaceme", "2.0")
