@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
@@ -200,7 +202,28 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
     return api.remove(session, m, v, targets)
 
 
+class Terminated(BaseException):
+    """SIGTERM: unwind like Ctrl-C, so that a half-done install is rolled back and make is stopped."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``dkms`` command; returns its exit status."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    except Terminated:  # before or after the action's own handling
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     for name in SCRUBBED_ENV:
         os.environ.pop(name, None)
@@ -268,8 +291,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.failure(exc)
         return exc.code
     except KeyboardInterrupt:
+        runner.kill_running()
         console.error("Interrupted.")
         return 130
+    except Terminated:
+        runner.kill_running()
+        console.error("Terminated.")
+        return 143
+    except OSError as exc:
+        # the system said no (disk full, read-only, permissions) where no step expected it
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        console.error(f"{exc.strerror or exc}{where}.")
+        return 1
     except Exception:
         if debug:
             import traceback

@@ -35,15 +35,46 @@ class TreeLock:
             return ""
         return f" (held by process {pid})" if pid.isdigit() else ""
 
+    def _held_by_ancestor(self) -> bool:
+        """The process named in the lock file is this one or an ancestor (so it holds it for us).
+
+        ``PYDKMS_LOCKED_TREE`` alone is inherited by anything a locked dkms starts, also a daemon
+        that outlives it; it only lets a child skip the lock while its parent really holds it.
+        """
+        try:
+            holder = int(self.lock_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if holder == os.getpid():
+            return True
+        pid = os.getppid()
+        for _ in range(64):
+            if pid == holder:
+                return True
+            if pid <= 1:
+                return False
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                    pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return False
+        return False
+
     def acquire(self, notify: Callable[[str], None], timeout: Optional[float] = None) -> bool:
         """Take the lock; returns False if the tree cannot hold a lock file (read-only tree)."""
         real = os.path.realpath(self.dkms_tree)
-        if os.environ.get(ENV_LOCKED) == real:
+        if os.environ.get(ENV_LOCKED) == real and self._held_by_ancestor():
             return True
         if timeout is None:
+            raw = os.environ.get(ENV_TIMEOUT) or "0"
             try:
-                timeout = float(os.environ.get(ENV_TIMEOUT) or 0)
+                timeout = float(raw)
             except ValueError:
+                timeout = -1.0
+            if not timeout >= 0:  # also NaN
+                notify(
+                    f"Warning: ignoring {ENV_TIMEOUT}={raw}: not a number of seconds; waiting as long as it takes."
+                )
                 timeout = 0.0
         try:
             self.dkms_tree.mkdir(parents=True, exist_ok=True)
@@ -70,8 +101,11 @@ class TreeLock:
                             hint=f"Another dkms is still working on this tree; retry later or raise {ENV_TIMEOUT}.",
                         ) from None
                     time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # who holds it, for the waiting message; a full disk must not stop a remove
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         self._fd = fd
         os.environ[ENV_LOCKED] = real
         return True

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,26 @@ StrPath = Union[str, "os.PathLike[str]"]
 
 #: Set by the CLI from ``--debug``: trace every command on stderr.
 DEBUG = False
+
+
+#: process groups of the logged commands running now (make and what it starts)
+_running: set[int] = set()
+_running_lock = threading.Lock()
+
+
+def kill_running() -> None:
+    """Kill every logged command still running, with all it started: dkms is being interrupted.
+
+    Logged commands run in their own process group, so a make (and its compilers) never outlives
+    the dkms that holds the tree lock for it, also when a build thread of the planner started it.
+    """
+    with _running_lock:
+        groups = list(_running)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _trace(argv: Sequence[str], cwd: Optional[StrPath]) -> None:
@@ -115,15 +137,29 @@ def run_logged(
         fh.write(f"\n{description}\n# command: {command}\n".encode())
         fh.flush()
         start = time.monotonic()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             ["bash", "-c", command],
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            check=False,
+            start_new_session=True,
         )
+        with _running_lock:
+            _running.add(proc.pid)
+        try:
+            proc.wait()
+        except BaseException:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+            raise
+        finally:
+            with _running_lock:
+                _running.discard(proc.pid)
         elapsed = int(time.monotonic() - start)
         fh.write(
             f"\n# exit code: {proc.returncode}\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
@@ -409,6 +410,39 @@ def test_remove_killed_while_deleting_leaves_nothing_broken(scratch: Scratch, ke
     assert "broken" not in r.out + r.err
     scratch.ok("remove", "hello/1.0", "--all")
     assert not (scratch.dkms_tree / "hello").exists()  # the leftover went with the last version
+
+
+def test_sigterm_stops_the_build_and_its_make(scratch: Scratch, kernel: str) -> None:
+    src = scratch.add_source("hello")
+    marker = scratch.root / "make-started"
+    conf = src / "dkms.conf"
+    plain = conf.read_text()
+    conf.write_text(plain + f'MAKE[0]="touch {marker}; sleep 300; make"\n')
+    proc = subprocess.Popen(
+        scratch.dkms_argv("build", "hello/1.0", "-k", kernel),
+        env=scratch.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        assert marker.exists()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert "Terminated." in err
+    # the MAKE command ran in its own process group, which went with dkms
+    ps = subprocess.run(["pgrep", "-f", "sleep 300; make"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", ps.stdout
+    assert scratch.status() == ["hello/1.0: added"]
+    conf.write_text(plain)
+    scratch.ok("build", "hello/1.0", "-k", kernel)  # nothing left in the way
 
 
 def test_newer_intree_module_is_not_replaced(scratch: Scratch, kernel: str) -> None:

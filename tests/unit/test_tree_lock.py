@@ -149,3 +149,37 @@ def test_lock_excludes_and_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyP
     fd = os.open(tree_dir / ".lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released for real
     os.close(fd)
+
+
+def test_inherited_lock_variable_is_not_a_free_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process started by a locked dkms that outlives it (or any process with the variable set)
+    # must take the lock for real when no ancestor holds it
+    tree_dir = tmp_path / "dkms"
+    tree_dir.mkdir()
+    monkeypatch.setenv(ENV_LOCKED, os.path.realpath(tree_dir))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX);"
+         "os.write(fd, b'4242\\n'); print('locked', flush=True); time.sleep(30)",
+         str(tree_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DkmsError):
+            TreeLock(tree_dir, tree_dir / ".lock").acquire(lambda _m: None, timeout=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_bad_lock_timeout_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_LOCKED, raising=False)
+    monkeypatch.setenv("PYDKMS_LOCK_TIMEOUT", "soon")
+    messages: list = []
+    lock = TreeLock(tmp_path, tmp_path / ".lock")
+    assert lock.acquire(messages.append)
+    lock.release()
+    assert messages == [
+        "Warning: ignoring PYDKMS_LOCK_TIMEOUT=soon: not a number of seconds; waiting as long as it takes."
+    ]
