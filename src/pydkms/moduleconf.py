@@ -93,6 +93,11 @@ def _elements(values: Mapping[str, Mapping[int, str]], name: str) -> List[str]:
     return [arr[i] for i in sorted(arr)]
 
 
+def _plain_name(value: str) -> bool:
+    """Usable as one path component: no '/', no line break, not '.' or '..'."""
+    return value not in (".", "..") and not any(c in value for c in "/\n\r")
+
+
 #: More module records than any package has; beyond it the arrays are refused, not expanded.
 MAX_MODULE_RECORDS = 1024
 
@@ -324,6 +329,13 @@ class ConfReader:
             problem("PACKAGE_NAME is not set or empty.", "PACKAGE_NAME")
         if not version:
             problem("PACKAGE_VERSION is not set or empty.", "PACKAGE_VERSION")
+        # they name directories of the trees: no way out of them [pydkms]
+        for directive, value in (("PACKAGE_NAME", name), ("PACKAGE_VERSION", version)):
+            if value and not _plain_name(value):
+                problem(
+                    f"{directive}='{value}' must be a plain name: no '/', no line break, not '.' or '..'.",
+                    directive,
+                )
 
         max_index = max((i for n in family for i in values.get(n, {})), default=-1)
         num_modules = max_index + 1
@@ -370,6 +382,27 @@ class ConfReader:
                 problem(
                     f"record #{i}: DEST_MODULE_NAME[{i}]='{dest_name}' must be the name without '.o' or '.ko'.",
                     "DEST_MODULE_NAME" if i in values.get("DEST_MODULE_NAME", {}) else "BUILT_MODULE_NAME",
+                    i,
+                )
+            # file and directory names that must stay inside the build dir and $install_tree/K [pydkms]
+            for directive, value in (("BUILT_MODULE_NAME", built_name), ("DEST_MODULE_NAME", dest_name)):
+                if value and not _plain_name(value) and i in values.get(directive, {}):
+                    problem(
+                        f"record #{i}: {directive}[{i}]='{value}' must be a file name: no '/', not '.' or '..'.",
+                        directive,
+                        i,
+                    )
+            if built_loc.startswith("/") or ".." in built_loc.split("/"):
+                problem(
+                    f"record #{i}: BUILT_MODULE_LOCATION[{i}]='{built_loc}' must be a path inside the build "
+                    "directory: relative, without '..'.",
+                    "BUILT_MODULE_LOCATION",
+                    i,
+                )
+            if ".." in dest_loc.split("/"):
+                problem(
+                    f"record #{i}: DEST_MODULE_LOCATION[{i}]='{dest_loc}' must not contain '..'.",
+                    "DEST_MODULE_LOCATION",
                     i,
                 )
             if not dest_loc:

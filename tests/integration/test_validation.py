@@ -92,6 +92,32 @@ def expected_errors(case: str, conf: Path) -> List[str]:
                 "BUILT_MODULE_NAME[5000]: module index too large (records #0 to #1023 are supported).",
             )
         ],
+        "package_name_escapes": lambda: [
+            at(
+                "PACKAGE_NAME",
+                "PACKAGE_NAME='../../precious' must be a plain name: no '/', no line break, not '.' or '..'.",
+            )
+        ],
+        "dest_module_name_path": lambda: [
+            at(
+                "DEST_MODULE_NAME[0]",
+                "record #0: DEST_MODULE_NAME[0]='../../../../kernel/fs/victim' must be a file name: "
+                "no '/', not '.' or '..'.",
+            )
+        ],
+        "built_module_location_outside": lambda: [
+            at(
+                "BUILT_MODULE_LOCATION[0]",
+                "record #0: BUILT_MODULE_LOCATION[0]='../../../' must be a path inside the build directory: "
+                "relative, without '..'.",
+            )
+        ],
+        "dest_module_location_dotdot": lambda: [
+            at(
+                "DEST_MODULE_LOCATION[0]",
+                "record #0: DEST_MODULE_LOCATION[0]='/updates/../../../../escaped' must not contain '..'.",
+            )
+        ],
         "duplicate_built_module": lambda: [
             at("BUILT_MODULE_NAME[1]", "record #1: module 'src/invalid' is already built by record #0.")
         ],
