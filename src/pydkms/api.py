@@ -441,6 +441,8 @@ def _unbuild_one(session: Session, m: str, v: str, t: Target) -> int:
         _not_installed(session, m, v, t)
     if not tree.is_built(m, v, t.kernel, t.arch):
         session.console.info(f"Module {m}/{v} is not built for kernel {t.kernel} ({t.arch}). Skipping...")
+        if os.path.lexists(tree.target_dir(m, v, t.kernel, t.arch)):
+            installer.unbuild_target(session, m, v, t)  # an incomplete leftover: it goes too
         return 0
     installer.unbuild_target(session, m, v, t)
     return 0

@@ -115,6 +115,13 @@ def build(session: Session, m: str, v: str, target: Target, *, replace: bool = F
     if not k or not a:
         raise DkmsError(16, "Empty kernel version or architecture.")
     final = tree.target_dir(m, v, k, a)
+    if (final.exists() or final.is_symlink()) and not tree.is_built(m, v, k, a):
+        # no module/ in it: what an interrupted build (ours or upstream's) leaves; not a build
+        console.info(f"Removing {final}: left incomplete by an earlier build.")
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        else:
+            final.unlink()
     if final.exists() and not replace:
         raise DkmsError(
             3,
@@ -146,7 +153,7 @@ def build(session: Session, m: str, v: str, target: Target, *, replace: bool = F
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     build_dir.mkdir()
     _copy_tree(Path(os.path.realpath(source)), build_dir)
-    with open(log, "w", encoding="utf-8") as fh:
+    with open(log, "w", encoding="utf-8", errors="surrogateescape") as fh:
         fh.write(f"DKMS ({COMPAT_VERSION}) make.log for {m}/{v} for kernel {k} ({a})\n")
         fh.write(time.strftime("%a %b %e %H:%M:%S %Z %Y") + "\n")
     env = session.command_env(build_env)

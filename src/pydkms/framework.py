@@ -255,9 +255,9 @@ def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] 
     }
     values, files = _evaluate_files(files, mode, context, initial) if files else (dict(initial), ())
     return Settings(
-        dkms_tree=Path(values["dkms_tree"] or "/var/lib/dkms"),
-        source_tree=Path(values["source_tree"] or "/usr/src"),
-        install_tree=Path(values["install_tree"] or "/lib/modules"),
+        dkms_tree=Path(os.path.abspath(values["dkms_tree"] or "/var/lib/dkms")),
+        source_tree=Path(os.path.abspath(values["source_tree"] or "/usr/src")),
+        install_tree=Path(os.path.abspath(values["install_tree"] or "/lib/modules")),
         tmp_location=Path(values["tmp_location"] or "/tmp"),
         verbose=bool(values.get("verbose")),
         symlink_modules=bool(values.get("symlink_modules")),
@@ -290,12 +290,13 @@ def with_cli(
 ) -> Settings:
     """Apply command-line options, which always win."""
     changes: Dict[str, object] = {}
+    # relative paths are taken from the current directory once, so links made in the tree work
     if dkms_tree is not None:
-        changes["dkms_tree"] = dkms_tree
+        changes["dkms_tree"] = Path(os.path.abspath(dkms_tree))
     if source_tree is not None:
-        changes["source_tree"] = source_tree
+        changes["source_tree"] = Path(os.path.abspath(source_tree))
     if install_tree is not None:
-        changes["install_tree"] = install_tree
+        changes["install_tree"] = Path(os.path.abspath(install_tree))
     if verbose:
         changes["verbose"] = True
     if symlink_modules:

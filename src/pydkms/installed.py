@@ -156,7 +156,7 @@ def read_fingerprint(target_dir: Path) -> Dict[str, FingerprintEntry]:
                 identical=bool(item["identical"]),
             )
         return out
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return {}
 
 

@@ -430,7 +430,12 @@ def depmod_now(session: Session, k: str, a: str) -> bool:
         console.info(plan)
         return True
     with console.step("Running depmod", " ".join(plan)) as step:
-        result = kernel_mod.depmod(session.settings.install_tree, k, plan)
+        try:
+            result = kernel_mod.depmod(session.settings.install_tree, k, plan)
+        except DkmsError as exc:  # depmod missing or not runnable: a depmod failure (D-18)
+            step.fail(1)
+            console.warn(exc.message)
+            return False
         if result.returncode:
             step.fail(result.returncode)
     if result.output and (console.verbose or result.returncode):
@@ -563,7 +568,13 @@ def unbuild_target(session: Session, m: str, v: str, target: Target) -> None:
     """Delete K/A, then K if no non-hidden directory remains (hidden staging dirs go with it)."""
     tree = session.tree
     T = tree.target_dir(m, v, target.kernel, target.arch)
-    shutil.rmtree(T, ignore_errors=True)
+    if T.is_dir() and not T.is_symlink():
+        shutil.rmtree(T, ignore_errors=True)
+    else:
+        try:
+            T.unlink()
+        except OSError:
+            pass
     kdir = tree.kernel_dir(m, v, target.kernel)
     try:
         remaining = [e for e in os.scandir(kdir) if not e.name.startswith(".") and e.is_dir()]

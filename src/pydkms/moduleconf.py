@@ -117,7 +117,7 @@ def override_files(etc: Path, m: str, v: str, k: str, a: str) -> Tuple[Path, ...
         f"{m}--{k}.conf",
         f"{m}--{k}-{a}.conf",
     )
-    return tuple(etc / n for n in names if (etc / n).exists())
+    return tuple(etc / n for n in names if (etc / n).is_file())
 
 
 @dataclass

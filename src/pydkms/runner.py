@@ -104,8 +104,8 @@ def run(
             f"Program '{args[0]}' was not found.",
             hint="Install the package that provides it (see the README's set-up command).",
         ) from exc
-    except PermissionError as exc:
-        raise DkmsError(1, f"Program '{args[0]}' cannot be executed: {exc.strerror}.") from exc
+    except OSError as exc:  # not executable, not a program (ENOEXEC), …
+        raise DkmsError(1, f"Program '{args[0]}' cannot be executed: {exc.strerror or exc}.") from exc
     if check and proc.returncode != 0:
         detail = (proc.stderr or b"").decode(errors="replace").strip() if capture else ""
         raise DkmsError(
@@ -134,18 +134,25 @@ def run_logged(
         raise DkmsError(15, f"Cannot change into directory {cwd}.")
     _trace(["bash", "-c", command], cwd)
     with open(log, "ab") as fh:
-        fh.write(f"\n{description}\n# command: {command}\n".encode())
+        fh.write(f"\n{description}\n# command: {command}\n".encode("utf-8", "surrogateescape"))
         fh.flush()
         start = time.monotonic()
-        proc = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DkmsError(
+                1,
+                f"Program 'bash' cannot be started: {exc.strerror or exc}.",
+                hint="Install the package that provides it (see the README's set-up command).",
+            ) from exc
         with _running_lock:
             _running.add(proc.pid)
         try:

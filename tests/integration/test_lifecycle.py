@@ -445,6 +445,61 @@ def test_sigterm_stops_the_build_and_its_make(scratch: Scratch, kernel: str) -> 
     scratch.ok("build", "hello/1.0", "-k", kernel)  # nothing left in the way
 
 
+def test_odd_leftovers_and_missing_tools(scratch: Scratch, kernel: str, tmp_path: Path) -> None:
+    scratch.add_source("hello")
+    scratch.ok("add", "hello/1.0")
+    target = scratch.dkms_tree / "hello/1.0" / kernel / ARCH
+    # a K/A without module/ (an interrupted build leaves that) is no build: rebuilt over
+    (target / "log").mkdir(parents=True)
+    r = scratch.ok("build", "hello/1.0", "-k", kernel)
+    assert f"Removing {target}: left incomplete" in r.out
+    scratch.ok("unbuild", "hello/1.0", "-k", kernel)
+    target.mkdir(parents=True)
+    r = scratch.ok("unbuild", "hello/1.0", "-k", kernel)
+    assert "is not built" in r.out
+    assert not target.exists()  # the leftover went all the same
+    # a fingerprint of the wrong shape, and an override "file" that is a directory: ignored
+    scratch.ok("install", "hello/1.0", "-k", kernel)
+    (target / ".pydkms-install.json").write_text("[1]\n")
+    (scratch.etc / "hello.conf").mkdir(parents=True)
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: installed"]
+    scratch.ok("uninstall", "hello/1.0", "-k", kernel)
+    # no depmod on PATH: the install is rolled back like any depmod failure (D-18)
+    scratch.prepare_kernel(kernel)  # a modules.dep, so that depmod is due
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if name != "depmod" and not (tools / name).exists():
+                    (tools / name).symlink_to(os.path.join(d, name))
+    r = scratch.dkms("install", "hello/1.0", "-k", kernel, env={"PATH": str(tools)})
+    assert r.rc == 6, r
+    assert "Program 'depmod' was not found" in r.err
+    assert scratch.status() == [f"hello/1.0, {kernel}, {ARCH}: built"]
+    assert not (scratch.install_tree / kernel / "updates/dkms/hello.ko").exists()
+
+
+def test_relative_trees_are_taken_from_the_current_directory(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    rel = [
+        "--dkmstree", os.path.relpath(scratch.dkms_tree, scratch.root),
+        "--sourcetree", os.path.relpath(scratch.source_tree, scratch.root),
+        "--installtree", os.path.relpath(scratch.install_tree, scratch.root),
+    ]  # fmt: skip
+    r = subprocess.run(
+        [*scratch.dkms_argv("add", "hello/1.0", trees=False), *rel],
+        cwd=scratch.root,
+        env=scratch.env(),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    link = scratch.dkms_tree / "hello/1.0/source"
+    assert os.readlink(link) == str(scratch.source_tree / "hello-1.0")
+    assert scratch.status() == ["hello/1.0: added"]
+
+
 def test_newer_intree_module_is_not_replaced(scratch: Scratch, kernel: str) -> None:
     original = _intree(scratch, kernel, "3.0")
     scratch.add_source("replaceme", "2.0")
