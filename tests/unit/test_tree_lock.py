@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -114,19 +116,29 @@ def test_atomic_copy_and_symlink(tmp_path: Path) -> None:
     assert os.readlink(link) == "2/K/A"
 
 
-def test_lock_excludes_and_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_LOCKED, raising=False)
-    tree_dir = tmp_path / "dkms"
-    tree_dir.mkdir()
+@contextmanager
+def lock_held_elsewhere(lock_file: Path) -> Iterator[None]:
+    """Another process (pid written as 4242) holds the tree lock for the duration."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX);"
          "os.write(fd, b'4242\\n'); print('locked', flush=True); time.sleep(30)",
-         str(tree_dir / ".lock")],
+         str(lock_file)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_excludes_and_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_LOCKED, raising=False)
+    tree_dir = tmp_path / "dkms"
+    tree_dir.mkdir()
+    with lock_held_elsewhere(tree_dir / ".lock"):
         messages: list = []
         lock = TreeLock(tree_dir, tree_dir / ".lock")
         start = time.monotonic()
@@ -135,13 +147,10 @@ def test_lock_excludes_and_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert time.monotonic() - start >= 0.5
         assert exc.value.code == 1 and "4242" in exc.value.message
         assert messages and "Waiting" in messages[0] and "4242" in messages[0]
-    finally:
-        holder.kill()
-        holder.wait()
     lock = TreeLock(tree_dir, tree_dir / ".lock")
     assert lock.acquire(lambda _m: None, timeout=0.5)
     assert os.environ[ENV_LOCKED] == os.path.realpath(tree_dir)
-    # a nested dkms (child process) sees the variable and does not lock again
+    # a nested dkms (in this process or a child of it) sees the variable and does not lock again
     nested = TreeLock(tree_dir, tree_dir / ".lock")
     assert nested.acquire(lambda _m: None, timeout=0.1)
     lock.release()
@@ -157,20 +166,8 @@ def test_inherited_lock_variable_is_not_a_free_pass(tmp_path: Path, monkeypatch:
     tree_dir = tmp_path / "dkms"
     tree_dir.mkdir()
     monkeypatch.setenv(ENV_LOCKED, os.path.realpath(tree_dir))
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX);"
-         "os.write(fd, b'4242\\n'); print('locked', flush=True); time.sleep(30)",
-         str(tree_dir / ".lock")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(DkmsError):
-            TreeLock(tree_dir, tree_dir / ".lock").acquire(lambda _m: None, timeout=0.3)
-    finally:
-        holder.kill()
-        holder.wait()
+    with lock_held_elsewhere(tree_dir / ".lock"), pytest.raises(DkmsError):
+        TreeLock(tree_dir, tree_dir / ".lock").acquire(lambda _m: None, timeout=0.3)
 
 
 def test_bad_lock_timeout_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
