@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from . import kernel as kernel_mod
 from . import runner
@@ -316,20 +316,73 @@ def _undo_install(
     was_linked: bool,
 ) -> None:
     """Remove the copies an install made before it failed, and bring back the originals it archived."""
+    _take_back(session, m, target, suffix, copied, () if was_linked else conf.records, announce=False)
+
+
+def _take_back(
+    session: Session,
+    m: str,
+    target: Target,
+    suffix: str,
+    copies: Sequence[Path],
+    records: Sequence[ModuleRecord],
+    *,
+    announce: bool,
+) -> None:
+    """Delete our copies from the kernel, then put back the originals archived for ``records``."""
     kdir = session.settings.install_tree / target.kernel
-    for dest in copied:
+    for p in copies:
+        if announce:
+            session.console.info(f"Deleting {p}")
         try:
-            dest.unlink()
+            p.unlink()
         except OSError:
             continue
-        _prune_dirs(kdir, dest.parent, not session.family.uses_uname_arch)
-    if not was_linked:
-        for r in conf.records:
-            try:
-                restore_originals(session, m, r, target, suffix)
-            except OSError as exc:
-                session.console.warn(f"Could not restore the original of {r.dest_name}: {exc}")
-        _rmdir_quiet(session.tree.original_module_root(m))
+        _prune_dirs(kdir, p.parent, not session.family.uses_uname_arch)
+    for r in records:
+        try:
+            restore_originals(session, m, r, target, suffix)
+        except OSError as exc:
+            session.console.warn(f"Could not restore the original of {r.dest_name}: {exc}")
+    _rmdir_quiet(session.tree.original_module_root(m))
+
+
+def _identical_copies(session: Session, kdir: Path, built: Path) -> List[Path]:
+    """Installed copies of ``built`` (same name, same bytes, or a symlink to it) in kernel dir ``kdir``.
+
+    Looked for in the family's destination dir first, else anywhere under ``kdir``.
+    """
+
+    def copies(root: Path) -> List[Path]:
+        found = []
+        for dirpath, _dirs, files in os.walk(root):
+            for fn in files:
+                p = Path(dirpath) / fn
+                if fn != built.name:
+                    continue
+                if (p.is_symlink() and os.path.realpath(p) == os.path.realpath(built)) or same_contents(
+                    p, built
+                ):
+                    found.append(p)
+        return found
+
+    family_dir = Path(f"{kdir}{session.family.dest_dir('', session.addon_modules_dir)}")
+    found = copies(family_dir) if family_dir.is_dir() else []
+    return found or copies(kdir)
+
+
+def _copies_of_built_files(
+    session: Session, m: str, v: str, target: Target
+) -> Tuple[List[Path], List[ModuleRecord]]:
+    """Without dkms.conf: the kernel's copies of the files in ``T/module/``, and a record per file."""
+    kdir = session.settings.install_tree / target.kernel
+    copies: List[Path] = []
+    records: List[ModuleRecord] = []
+    for built in built_module_files(session.tree.built_module_dir(m, v, target.kernel, target.arch)):
+        name = built.name[: built.name.index(".ko")]
+        copies += _identical_copies(session, kdir, built)
+        records.append(ModuleRecord(0, name, "", name, "", "", False))
+    return copies, records
 
 
 def recover_interrupted_install(session: Session, m: str, v: str, target: Target) -> None:
@@ -337,36 +390,20 @@ def recover_interrupted_install(session: Session, m: str, v: str, target: Target
 
     Called where m/v is about to be forgotten for this kernel while not installed (uninstall,
     unbuild, remove): without it the copies would stay in the kernel and the originals in the
-    archive, unknown to anyone.
+    archive, unknown to anyone. Works from the built files, like the D-17 fallback.
     """
     tree = session.tree
     k, a = target.kernel, target.arch
     if tree.kernel_link(m, k, a).is_symlink():
         return  # installed (this or another version): the archive belongs to that install
-    backup = tree.original_module_dir(m, k, a)
-    module_dir = tree.built_module_dir(m, v, k, a)
-    if not backup.is_dir() and not module_dir.is_dir():
+    if not tree.built_module_dir(m, v, k, a).is_dir():
         return
-    try:
-        conf = session.read_conf(m, v, session.kernel(k, a), strict=False)
-    except DkmsError:
-        return
-    kdir = session.settings.install_tree / k
-    suffix = module_suffix(session.settings.install_tree, k)
-    copies: List[Path] = []
-    for r in conf.records:
-        built = compressed_or_uncompressed(module_dir, r.dest_name, suffix)
-        if built is None:
-            continue
-        for found in kernel_mod.find_module_files(kdir, r.dest_name, suffix):
-            if found.is_file() and same_contents(found, built):
-                copies.append(found)
-    if not copies and not backup.is_dir():
+    copies, records = _copies_of_built_files(session, m, v, target)
+    if not copies and not tree.original_module_dir(m, k, a).is_dir():
         return
     session.console.info(f"Undoing an interrupted install of {m}/{v} for kernel {k} ({a}).")
-    for c in copies:
-        session.console.info(f"Deleting {c}")
-    _undo_install(session, m, conf, target, suffix, copies, was_linked=False)
+    suffix = module_suffix(session.settings.install_tree, k)
+    _take_back(session, m, target, suffix, copies, records, announce=True)
 
 
 def modprobe_present_devices() -> None:
@@ -594,38 +631,12 @@ def uninstall_from_files(session: Session, m: str, v: str, target: Target) -> No
     tree = session.tree
     console = session.console
     k, a = target.kernel, target.arch
-    kdir = session.settings.install_tree / k
-    module_dir = tree.built_module_dir(m, v, k, a)
     if tree.installed_version(m, k, a) != v:
         console.info("This module version was INACTIVE for this kernel.")
         return
     suffix = module_suffix(session.settings.install_tree, k)
-    family_dir = Path(f"{kdir}{session.family.dest_dir('', session.addon_modules_dir)}")
-    for built in built_module_files(module_dir):
-        name = built.name[: built.name.index(".ko")]
-
-        def copies(root: Path, built: Path = built) -> List[Path]:
-            found = []
-            for dirpath, _dirs, files in os.walk(root):
-                for fn in files:
-                    p = Path(dirpath) / fn
-                    if fn != built.name:
-                        continue
-                    if (p.is_symlink() and os.path.realpath(p) == os.path.realpath(built)) or same_contents(
-                        p, built
-                    ):
-                        found.append(p)
-            return found
-
-        found = copies(family_dir) if family_dir.is_dir() else []
-        if not found:
-            found = copies(kdir)
-        for p in found:
-            console.info(f"Deleting {p}")
-            p.unlink()
-            _prune_dirs(kdir, p.parent, not session.family.uses_uname_arch)
-        record = ModuleRecord(0, name, "", name, "", "", False)
-        restore_originals(session, m, record, target, suffix)
+    copies, records = _copies_of_built_files(session, m, v, target)
+    _take_back(session, m, target, suffix, copies, records, announce=True)
     try:
         tree.kernel_link(m, k, a).unlink()
     except OSError:
