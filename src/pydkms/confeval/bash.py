@@ -166,6 +166,21 @@ def _bash_env(environ: Mapping[str, str]) -> Dict[str, str]:
     }
 
 
+def _find_bash(environ: Mapping[str, str], bash: str = "bash") -> Optional[str]:
+    return shutil.which(bash, path=environ.get("PATH") or os.defpath) or shutil.which(bash)
+
+
+def _as_evaluated(path: Path, copy: str) -> str:
+    """The file bash is given for ``path``: itself, or a CRLF-normalised copy written to ``copy`` (D-13)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if b"\r" not in data:
+        return os.fspath(path)
+    with open(copy, "wb") as fh:
+        fh.write(normalize_crlf(data))
+    return copy
+
+
 def _enc(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
@@ -193,7 +208,7 @@ def evaluate_bash_many(
             raise ValueError(f"not a shell variable name: {name!r}")
     if not contexts:
         return []
-    exe = shutil.which(bash, path=environ.get("PATH") or os.defpath) or shutil.which(bash)
+    exe = _find_bash(environ, bash)
     if exe is None:
         raise BashEvaluationError(
             f"cannot evaluate {files[0] if files else 'files'} with bash: bash not found"
@@ -201,17 +216,7 @@ def evaluate_bash_many(
     env = _bash_env(environ)
     tmpdir = tempfile.mkdtemp(prefix="pydkms-bash.")
     try:
-        sources: List[str] = []
-        for idx, f in enumerate(files):
-            with open(f, "rb") as fh:
-                data = fh.read()
-            if b"\r" in data:
-                copy = os.path.join(tmpdir, f"conf.{idx}")
-                with open(copy, "wb") as fh:
-                    fh.write(normalize_crlf(data))
-                sources.append(copy)
-            else:
-                sources.append(os.fspath(f))
+        sources = [_as_evaluated(f, os.path.join(tmpdir, f"conf.{idx}")) for idx, f in enumerate(files)]
         keys: List[str] = []
         for c in contexts:
             for k in c:
@@ -327,17 +332,11 @@ def syntax_error(path: Path, environ: Mapping[str, str]) -> Optional[str]:
     Sourcing a file that does not parse still runs the lines before the error, and the captured
     stderr is all that shows it; ``bash -n`` tells it apart from a file whose last command failed.
     """
-    exe = shutil.which("bash", path=environ.get("PATH") or os.defpath) or shutil.which("bash")
+    exe = _find_bash(environ)
     if exe is None:
         return None
-    with open(path, "rb") as fh:
-        data = fh.read()
     with tempfile.TemporaryDirectory(prefix="pydkms-bash.") as tmp:
-        target = os.fspath(path)
-        if b"\r" in data:
-            target = os.path.join(tmp, "conf")
-            with open(target, "wb") as fh:
-                fh.write(normalize_crlf(data))
+        target = _as_evaluated(path, os.path.join(tmp, "conf"))
         proc = subprocess.run(
             [exe, "--norc", "--noprofile", "-n", target],
             stdin=subprocess.DEVNULL,
