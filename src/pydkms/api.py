@@ -482,7 +482,7 @@ def remove(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
         if not remaining:
             session.console.info(f"Deleting module {m}/{v} completely from the DKMS tree.")
             stub = tree.is_binaries_only_stub(m, v)
-            _discard(vdir)
+            installer.discard(vdir)
             if stub:
                 shutil.rmtree(tree.source_dir(m, v), ignore_errors=True)
             mdir = tree.module_dir(m)
@@ -494,20 +494,6 @@ def remove(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
                 pass
         run_post_transaction(session, targets)
     return status
-
-
-def _discard(path: Path) -> None:
-    """Delete a directory so that a crash leaves it whole or invisible, never half-deleted.
-
-    It is renamed to a hidden name first, which every listing of the tree skips: a ``remove``
-    killed during the deletion does not leave a "broken" module (its source link deleted first).
-    """
-    trash = path.with_name(f".removing-{path.name}-{os.getpid()}")
-    try:
-        os.rename(path, trash)
-    except OSError:
-        trash = path
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---- post_transaction (framework-conf.md §6) -----------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from . import COMPAT_VERSION, runner
 from .errors import DkmsError
+from .installer import discard
 from .kernel import Kernel, compressed_or_uncompressed, module_suffix
 from .moduleconf import ModuleConf
 from .postprocess import StageInput
@@ -118,10 +119,7 @@ def build(session: Session, m: str, v: str, target: Target, *, replace: bool = F
     if (final.exists() or final.is_symlink()) and not tree.is_built(m, v, k, a):
         # no module/ in it: what an interrupted build (ours or upstream's) leaves; not a build
         console.info(f"Removing {final}: left incomplete by an earlier build.")
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        else:
-            final.unlink()
+        discard(final)
     if final.exists() and not replace:
         raise DkmsError(
             3,

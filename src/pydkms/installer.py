@@ -601,17 +601,31 @@ def _rmdir_quiet(path: Path) -> None:
 
 
 # ---- unbuild / remove ----------------------------------------------------------------------------
+def discard(path: Path) -> None:
+    """Delete a file, link or directory of the tree so that a crash leaves it whole or invisible.
+
+    A directory is renamed to a hidden name first, which every listing of the tree skips: a
+    ``remove`` killed during the deletion does not leave a "broken" module (whose source link
+    went first), nor an unbuild a half-deleted K/A.
+    """
+    if not path.is_dir() or path.is_symlink():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return
+    trash = path.with_name(f".removing-{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def unbuild_target(session: Session, m: str, v: str, target: Target) -> None:
     """Delete K/A, then K if no non-hidden directory remains (hidden staging dirs go with it)."""
     tree = session.tree
-    T = tree.target_dir(m, v, target.kernel, target.arch)
-    if T.is_dir() and not T.is_symlink():
-        shutil.rmtree(T, ignore_errors=True)
-    else:
-        try:
-            T.unlink()
-        except OSError:
-            pass
+    discard(tree.target_dir(m, v, target.kernel, target.arch))
     kdir = tree.kernel_dir(m, v, target.kernel)
     try:
         remaining = [e for e in os.scandir(kdir) if not e.name.startswith(".") and e.is_dir()]
