@@ -202,6 +202,14 @@ def run_mv_action(session: Session, inv: Invocation) -> int:
     return api.remove(session, m, v, targets)
 
 
+def _traceback_if(debug: bool) -> None:
+    """With ``--debug``, the traceback of the exception being handled."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
 class Terminated(BaseException):
     """SIGTERM: unwind like Ctrl-C, so that a half-done install is rolled back and make is stopped."""
 
@@ -284,10 +292,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             return signing.run_sign(session, inv)
         return run_mv_action(session, inv)
     except DkmsError as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if(debug)
         console.failure(exc)
         return exc.code
     except KeyboardInterrupt:
@@ -300,19 +305,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 143
     except OSError as exc:
         # the system said no (disk full, read-only, permissions) where no step expected it
-        if debug:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if(debug)
         where = f": {exc.filename}" if exc.filename else ""
         console.error(f"{exc.strerror or exc}{where}.")
         return 1
     except Exception:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        else:
+        _traceback_if(debug)
+        if not debug:
             exc_type, value, _tb = sys.exc_info()
             console.error(
                 f"internal error: {exc_type.__name__ if exc_type else 'unknown'}: {value} (run with --debug for a traceback)"
