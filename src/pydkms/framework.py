@@ -111,12 +111,20 @@ class Settings:
 
     def reread(self, keys: Sequence[str], kernelver: str, arch: str) -> Dict[str, str]:
         """Lazy re-read of ``keys`` with ``kernelver``/``arch`` bound (framework-conf.md §5)."""
-        values, _ = _evaluate_files(self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw)
+        # self.files all parsed at start-up: no syntax check again
+        values, _ = _evaluate_files(
+            self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw, check_syntax=False
+        )
         return {k: values.get(k, self.raw.get(k, "")) for k in keys}
 
 
 def _evaluate_files(
-    files: Sequence[Path], mode: EvalMode, context: Mapping[str, str], initial: Mapping[str, str]
+    files: Sequence[Path],
+    mode: EvalMode,
+    context: Mapping[str, str],
+    initial: Mapping[str, str],
+    *,
+    check_syntax: bool = True,
 ) -> Tuple[Dict[str, str], Tuple[Path, ...]]:
     """Evaluate framework files one after another; a file that fails is reported and skipped.
 
@@ -149,7 +157,7 @@ def _evaluate_files(
         except (OSError, DkmsError) as exc:
             print(f"Warning: {path}: skipped, cannot be evaluated: {exc}", file=sys.stderr)
             continue
-        if result.evaluator == "bash":
+        if check_syntax and result.evaluator == "bash":
             from .confeval.bash import syntax_error  # only files outside the data subset get here
 
             problem = syntax_error(path, environ)
