@@ -17,7 +17,9 @@ Defaults (``uname -r``, the default architecture, ``--all``) are applied separat
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +186,8 @@ class Option:
     dest: str
     metavar: str = ""
     seed: bool = False
+    #: the value is a file or directory (a name starting with ``-`` can be written ``./-name``)
+    path: bool = False
 
 
 #: In upstream's ``case`` order; the order matters only for prefix matching (``--archive`` first).
@@ -192,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "-v", True, "version", "module-version"),
     Option("--kernelver", "-k", True, "kernel", "kernel-version[/arch]"),
     Option("--templatekernel", None, True, "template_kernel", "kernel"),
-    Option(None, "-c", True, "conf", "dkms.conf-location"),
+    Option(None, "-c", True, "conf", "dkms.conf-location", path=True),
     Option("--quiet", "-q", False, "quiet"),
     Option("--version", "-V", False, "show_version"),
     Option("--no-initrd", None, False, "deprecated"),
@@ -205,14 +209,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--all", None, False, "all"),
     Option("--verbose", None, False, "verbose"),
     Option("--rpm_safe_upgrade", None, False, "rpm_safe_upgrade"),
-    Option("--dkmstree", None, True, "dkms_tree", "path"),
-    Option("--sourcetree", None, True, "source_tree", "path"),
-    Option("--installtree", None, True, "install_tree", "path"),
+    Option("--dkmstree", None, True, "dkms_tree", "path", path=True),
+    Option("--sourcetree", None, True, "source_tree", "path", path=True),
+    Option("--installtree", None, True, "install_tree", "path", path=True),
     Option("--symlink-modules", None, False, "symlink_modules"),
-    Option("--config", None, True, "kernel_config", "kernel-config-location"),
-    Option("--archive", None, True, "archive", "tarball-location"),
+    Option("--config", None, True, "kernel_config", "kernel-config-location", path=True),
+    Option("--archive", None, True, "archive", "tarball-location", path=True),
     Option("--arch", "-a", True, "arch", "arch"),
-    Option("--kernelsourcedir", None, True, "kernel_source_dir", "source-location"),
+    Option("--kernelsourcedir", None, True, "kernel_source_dir", "source-location", path=True),
     Option("--directive", None, True, "directive", "NAME=value"),
     Option("--no-depmod", None, False, "no_depmod"),
     Option("--modprobe-on-install", None, False, "modprobe_on_install"),
@@ -220,7 +224,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "-j", True, "jobs", "number"),
     Option("--help", "-h", False, "show_help"),
     # Seed-era options (restored) and our extension; none is a prefix of an option above.
-    Option("--dkmsframework", None, True, "framework_file", "file", seed=True),
+    Option("--dkmsframework", None, True, "framework_file", "file", seed=True, path=True),
     Option("--distro", "-d", True, "distro", "distro", seed=True),
     Option("--release", "-r", True, "release", "release", seed=True),
     Option("--size", None, True, "size", "KiB", seed=True),
@@ -280,6 +284,19 @@ def normalise_value(value: str) -> str:
     return value.split("\n", 1)[0].strip(" \t")
 
 
+_JOBS = re.compile(r"[0-9]+")
+
+
+def jobs_problem(value: str) -> Optional[str]:
+    """Why a make job count (``-j``, ``parallel_jobs``) is not one, or None if it is.
+
+    A count is a whole number; ``0`` means no limit (``make -j``) and empty means "not set".
+    """
+    if not value or _JOBS.fullmatch(value):
+        return None
+    return f"'{value}' is not a number of make jobs: use a whole number (0 for no limit)."
+
+
 def split_first_slash(text: str) -> tuple[str, Optional[str]]:
     """``a/b/c`` → (``a``, ``b/c``); no ``/`` → (text, None). Upstream's ``mv_re='^([^/]*)/(.*)$'``."""
     head, sep, tail = text.partition("/")
@@ -330,6 +347,10 @@ class _Parser:
     source_path: Optional[Path] = None
     archive: Optional[Path] = None
     stopped_at: Optional[str] = None  # "show_help" / "show_version" once reached
+    #: bare tokens read as m/v or not understood, in order (a mistyped action is among them)
+    bare_words: list[str] = field(default_factory=list)
+    #: the tokens not understood: the error's text and the warning given for status
+    strays: list[tuple[str, Notice]] = field(default_factory=list)
 
     @property
     def quiet(self) -> bool:
@@ -360,14 +381,13 @@ class _Parser:
                 if opt is None:
                     raise self.error(2, f"Unknown option: {token}", show_usage=True)
                 if opt.takes_value:
-                    if "=" in token:  # only a long option can hold one: short ones match exactly
-                        raw = token.split("=", 1)[1]
-                    elif i < len(argv):
+                    name, inline, raw = token.partition("=")  # only a long option can hold one
+                    if not inline and i < len(argv):
                         raw = argv[i]
                         i += 1
-                    else:
-                        raw = ""
-                    self.take_value(opt, normalise_value(raw))
+                    value = normalise_value(raw)
+                    self.check_value(opt, name, value, separate=not inline)
+                    self.take_value(opt, value)
                 elif opt.dest in ("show_help", "show_version"):
                     self.stopped_at = opt.dest
                     return
@@ -377,6 +397,30 @@ class _Parser:
                     self.flags.add(opt.dest)
             else:
                 self.take_bare(token)
+
+    def check_value(self, opt: Option, name: str, value: str, *, separate: bool) -> None:
+        """Refuse a value no option can have: one starting with ``-``, a job count that is not one.
+
+        Taking the next token unconditionally, as upstream does, turns ``-k --dkmstree DIR`` into
+        the kernel ``--dkmstree`` and runs the command on the real trees; no kernel, module,
+        version, arch, path or other value of dkms starts with ``-``.
+        """
+        if opt.dest == "jobs":
+            problem = jobs_problem(value)
+            if problem is not None:
+                raise self.error(2, f"{name} {problem}")
+            return
+        if not value.startswith("-"):
+            return
+        if separate:
+            message = (
+                f"{name} needs a value, but the argument after it is '{value}', which starts with '-' "
+                "like an option: no value of a dkms option does."
+            )
+        else:
+            message = f"The value of {name} cannot start with '-': '{value}'."
+        hint = "A path that starts with '-' can be written as ./-name." if opt.path else None
+        raise CommandLineError(2, message, notices=tuple(self.notices), quiet=self.quiet, hint=hint)
 
     def take_value(self, opt: Option, value: str) -> None:
         dest = opt.dest
@@ -420,16 +464,47 @@ class _Parser:
         elif os.path.isfile(token):
             self.archive = Path(token)
         elif not self.module:
+            self.bare_words.append(token)
             self.set_module_version(token)
             problem = _not_a_source(token)
             if problem and (token.startswith(_PATH_PREFIXES) or not self.module or self.version is None):
                 self.notice(f"Warning: {problem}, so it is read as <module>/<version>.")
         else:
-            self.notice(
-                f"Warning: I do not know how to handle '{token}': it is not an action, a source "
-                f"directory, a dkms.conf file or an archive, and the module is already set "
-                f"('{self.module}'); ignored."
+            self.bare_words.append(token)
+            text = (
+                f"'{token}' is not understood: it is not an action, a source directory, a dkms.conf "
+                f"file or an archive, and the module is already set ('{self.module}')"
             )
+            self.notice(f"Warning: {text}; ignored.")
+            self.strays.append((text, self.notices[-1]))
+
+    def drop_stray_warnings(self) -> None:
+        """The warnings of :attr:`strays`, when an error says more (they would only repeat it)."""
+        warnings = {id(n) for _t, n in self.strays}
+        self.notices = [n for n in self.notices if id(n) not in warnings]
+
+    def unknown_action(self) -> Optional[CommandLineError]:
+        """Without an action: the first bare word that is no m/v and no path is a mistyped action."""
+        for word in self.bare_words:
+            if not word or "/" in word or os.path.lexists(word):
+                continue
+            self.drop_stray_warnings()
+            close = difflib.get_close_matches(word.lower(), ACTIONS, n=1, cutoff=0.6)
+            if close:
+                return self.error(2, f"Unknown action '{word}' (did you mean {close[0]}?).")
+            return self.error(2, f"Unknown action '{word}'.", show_usage=True)
+        return None
+
+    def check_strays(self) -> None:
+        """A bare token nothing could use is an error, except for status (upstream warns and goes on).
+
+        An action that changes the system must not go on with part of its command line ignored:
+        the token may be the value of an option whose value went elsewhere.
+        """
+        if not self.strays or self.action == "status":
+            return
+        self.drop_stray_warnings()
+        raise self.error(2, f"{self.strays[0][0]}.")
 
     def invocation(self) -> Invocation:
         values = self.values
@@ -548,7 +623,8 @@ def parse_args(argv: Sequence[str]) -> Invocation:
         return parser.invocation()
     _post_parse_checks(parser)
     if parser.action is None:
-        raise parser.error(4, "No action specified.", show_usage=True)
+        raise parser.unknown_action() or parser.error(4, "No action specified.", show_usage=True)
+    parser.check_strays()
     if "json" in parser.flags and parser.action != "status":
         parser.notice(f"Warning: --json is only supported by the status action; ignored by {parser.action}.")
     return parser.invocation()

@@ -225,7 +225,6 @@ VALUE_OPTIONS: list[tuple[str, str, str, Any]] = [
     ("--sourcetree", "source_tree", "/x/src", Path("/x/src")),
     ("--installtree", "install_tree", "/x/mod", Path("/x/mod")),
     ("-j", "jobs", "4", "4"),
-    ("-j", "jobs", "abc", "abc"),
     ("-d", "distro", "suse", "suse"),
     ("--distro", "distro", "redhat3", "redhat3"),
     ("-r", "release", "9.1", "9.1"),
@@ -303,23 +302,87 @@ def test_equals_with_empty_value_does_not_consume_next(in_tmp: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "attr", "expected"),
+    "argv",
     [
-        (["--kernelver", "-q"], "kernels", ("-q",)),
-        (["-k", "--all"], "kernels", ("--all",)),
-        (["-m", "--force"], "module", "--force"),
-        (["-v", "-V"], "version", "-V"),
-        (["-a", "--help"], "arches", ("--help",)),
-        (["--templatekernel", "build"], "template_kernel", "build"),
-        (["-c", "-"], "conf", Path("-")),
-        (["-j", "-1"], "jobs", "-1"),
+        ["--kernelver", "-q"],
+        ["-k", "--all"],
+        ["-k", "--dkmstree", "/x"],
+        ["-m", "--force"],
+        ["--module", "-x/1.0"],
+        ["-v", "-V"],
+        ["-a", "--help"],
+        ["--arch", "-"],
+        ["--templatekernel", "--kernelver"],
+        ["--directive", "-X=1"],
+        ["--distro", "-q"],
+        ["--release", "-r"],
+        ["--size", "-1"],
+        ["--media", "--iso"],
+        ["--spec", "-"],
+        ["--legacy-postinst", "-1"],
+        ["-k", " --all \nx"],  # normalised first, as every value is
     ],
 )
-def test_next_token_consumed_unconditionally(argv: list[str], attr: str, expected: Any, in_tmp: Path) -> None:
-    inv = parse_args(["status", *argv])
-    assert getattr(inv, attr) == expected
-    # The consumed token had no other effect.
-    assert not inv.quiet and not inv.all and not inv.force and not inv.show_help and not inv.show_version
+def test_value_that_starts_with_a_dash_exits_2(argv: list[str], in_tmp: Path) -> None:
+    """The next token is still taken as the value, but one that starts with '-' is refused.
+
+    Upstream takes it unconditionally: `-k --dkmstree DIR` made --dkmstree the kernel and left DIR
+    over, and the command ran against the real /var/lib/dkms.
+    """
+    e = err(["build", "foo/1", *argv])
+    assert e.code == 2
+    assert f"{argv[0]} needs a value, but the argument after it is '{normalise_value(argv[1])}'" in e.message
+    assert e.hint is None
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        "-c",
+        "--config",
+        "--archive",
+        "--kernelsourcedir",
+        "--dkmstree",
+        "--sourcetree",
+        "--installtree",
+        "--dkmsframework",
+    ],
+)
+def test_path_value_that_starts_with_a_dash_says_how_to_write_it(opt: str, in_tmp: Path) -> None:
+    e = err(["status", opt, "-dir"])
+    assert e.code == 2 and opt in e.message and "'-dir'" in e.message
+    assert e.hint == "A path that starts with '-' can be written as ./-name."
+    if opt != "--dkmsframework":  # (that one must exist; the others are not looked at here)
+        assert parse_args(["status", opt, "./-dir"]).action == "status"
+
+
+@pytest.mark.parametrize("token", ["--kernelver=-1", "--module=-m", "--dkmstree=--x", "--directive=-A=b"])
+def test_inline_value_that_starts_with_a_dash_exits_2(token: str, in_tmp: Path) -> None:
+    e = err(["status", token])
+    name, _, value = token.partition("=")
+    assert (e.code, e.message) == (2, f"The value of {name} cannot start with '-': '{value}'.")
+
+
+def test_dash_value_is_refused_when_reached(in_tmp: Path) -> None:
+    assert err(["status", "-k", "--all", "--bogus"]).code == 2
+    assert "needs a value" in err(["status", "-k", "--all", "--bogus"]).message
+    assert "Unknown option" in err(["status", "--bogus", "-k", "--all"]).message
+    # after -q, like every command-line error: nothing is printed
+    assert err(["-q", "status", "-k", "-x"]).quiet
+    assert not err(["status", "-k", "-x", "-q"]).quiet
+
+
+@pytest.mark.parametrize("value", ["0", "1", "16", "0016", ""])
+def test_job_counts(value: str, in_tmp: Path) -> None:
+    assert parse_args(["build", "foo/1", "-j", value]).jobs == value
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "-1", "+2", "1.5", "2x", "٣", " 4 2", "0x10"])
+def test_job_count_that_is_no_number_exits_2(value: str, in_tmp: Path) -> None:
+    e = err(["build", "foo/1", "-j", value])
+    assert e.code == 2
+    shown = normalise_value(value)
+    assert e.message == f"-j '{shown}' is not a number of make jobs: use a whole number (0 for no limit)."
 
 
 @pytest.mark.parametrize(
@@ -577,6 +640,63 @@ def test_bare_token_after_dash_m_is_not_understood(in_tmp: Path) -> None:
     inv = parse_args(["status", "-m", "foo", "bar"])
     assert inv.module == "foo"
     assert [n.text for n in inv.notices if "bar" in n.text]
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (["build", "foo/1", "bar/2"], "foo"),
+        (["remove", "-m", "foo", "-v", "1", "/tmp/nonexistent-dir"], "foo"),
+        (["foo/1", "add", "extra"], "foo"),
+        (["autoinstall", "-k", "6.1", "foo", "bar"], "foo"),
+        (["kernel_prerm", "-k", "6.1", "x", "y"], "x"),
+        (["generate_mok", "a", "b"], "a"),
+    ],
+)
+def test_stray_argument_of_an_action_that_changes_things_exits_2(
+    argv: list[str], module: str, in_tmp: Path
+) -> None:
+    """The token nothing uses is an error, not a warning, for every action but status."""
+    e = err(["--no-initrd", *argv])
+    assert e.code == 2
+    assert e.message == (
+        f"'{argv[-1]}' is not understood: it is not an action, a source directory, a dkms.conf file or "
+        f"an archive, and the module is already set ('{module}')."
+    )
+    # the warning status would give is not printed as well; earlier notices are
+    assert [n.text for n in e.notices] == ["Deprecated feature: --no-initrd"]
+
+
+def test_stray_argument_error_comes_after_the_other_checks(in_tmp: Path) -> None:
+    assert err(["build", "foo/1", "bar/2", "--all"]).code == 5
+    assert err(["foo/1", "bar/2"]).code == 4  # no action: that is said first
+    assert err(["-q", "build", "foo/1", "bar/2"]).quiet
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["biuld", "hello/1.0"], "Unknown action 'biuld' (did you mean build?)."),
+        (["hello/1.0", "instal"], "Unknown action 'instal' (did you mean install?)."),
+        (["-m", "hello", "-v", "1", "Remove"], "Unknown action 'Remove' (did you mean remove?)."),
+        (["stauts"], "Unknown action 'stauts' (did you mean status?)."),
+        (["kernel_postint", "-k", "6.1"], "Unknown action 'kernel_postint' (did you mean kernel_postinst?)."),
+        (["frobnicate"], "Unknown action 'frobnicate'."),
+    ],
+)
+def test_unknown_action_exits_2(argv: list[str], message: str, in_tmp: Path) -> None:
+    e = err(argv)
+    assert (e.code, e.message) == (2, message)
+    assert e.show_usage is message.endswith("'.")  # the list of actions when there is no guess
+    assert e.notices == ()  # a mistyped action is not also "not understood"
+
+
+@pytest.mark.parametrize("argv", [["hello/1.0"], ["-m", "hello"], ["./biuld"], ["existing"], [""]])
+def test_no_action_when_no_bare_word_can_be_one(argv: list[str], in_tmp: Path) -> None:
+    """m/v, paths and existing files are what upstream's bare-token rules make of them, not actions."""
+    (in_tmp / "existing").mkdir()
+    e = err(argv)
+    assert (e.code, e.message) == (4, "No action specified.")
 
 
 @pytest.mark.parametrize(
@@ -922,11 +1042,11 @@ def test_framework_files_in_order(tmp_path: Path) -> None:
 
 def test_prescan_skips_option_values(tmp_path: Path) -> None:
     argv = ["status", "-m", "--dkmsframework", "/nonexistent"]
-    assert prescan_framework_files(argv) == ()
-    inv = parse_args(argv)
-    assert inv.module == "--dkmsframework"
-    assert inv.framework_files == ()
-    assert "/nonexistent" in inv.notices[0].text
+    # the value of -m is refused (it starts with '-'), not taken as the option
+    for parse in (prescan_framework_files, parse_args):
+        with pytest.raises(CommandLineError) as info:
+            parse(argv)  # type: ignore[operator]
+        assert info.value.code == 2 and "-m needs a value" in info.value.message
 
 
 def test_prescan_without_framework_files(in_tmp: Path) -> None:

@@ -1,0 +1,136 @@
+"""The command line and framework files as a hostile or careless user meets them (issue 9).
+
+Commands that would reach the real trees run in a private mount namespace
+(:func:`~tests.support.upstream.run_isolated`) whose ``/var/lib/dkms`` and ``/usr/src`` are
+directories of the test, so "nothing was written to the real trees" can be checked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from tests.conftest import EXAMPLES, Result, Scratch
+from tests.support.upstream import isolation_unavailable, run_isolated
+
+pytestmark = pytest.mark.integration
+
+
+class Host:
+    """What the namespace shows at /var/lib/dkms and /usr/src (host dirs of the test)."""
+
+    def __init__(self, root: Path) -> None:
+        self.var_lib_dkms = root / "var-lib-dkms"
+        self.usr_src = root / "usr-src"  # an overlay's upper layer: what is written to /usr/src
+        self.var_lib_dkms.mkdir(parents=True)
+        (self.usr_src / "upper").mkdir(parents=True)
+
+    def put_source(self, name: str = "hello-1.0") -> None:
+        """A module source at /usr/src/<name>, as the namespace sees it."""
+        shutil.copytree(EXAMPLES / "hello", self.usr_src / "upper" / name)
+
+    def written(self) -> List[str]:
+        """Everything in the namespace's /var/lib/dkms."""
+        return sorted(str(p.relative_to(self.var_lib_dkms)) for p in self.var_lib_dkms.rglob("*"))
+
+    def dkms(self, scratch: Scratch, *args: str, env: Optional[Dict[str, str]] = None) -> Result:
+        proc = run_isolated(
+            scratch.dkms_argv(*args, trees=False),
+            env=dict(scratch.env(env)),
+            cwd=scratch.root,
+            var_lib_dkms=self.var_lib_dkms,
+            usr_src=self.usr_src,
+            timeout=300,
+        )
+        return Result(["dkms", *args], proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    reason = isolation_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return Host(tmp_path / "host")
+
+
+def tree_contents(scratch: Scratch) -> List[str]:
+    return sorted(str(p.relative_to(scratch.dkms_tree)) for p in scratch.dkms_tree.rglob("*"))
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 3: option values that are options
+
+
+def test_option_as_value_does_not_send_the_command_to_the_real_tree(
+    host: Host, bare_scratch: Scratch
+) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    host.put_source()
+    trees = s.tree_args()
+    r = host.dkms(s, "add", "hello/1.0", "-k", *trees)  # -k --dkmstree DIR --sourcetree ...
+    assert r.rc == 2, r
+    assert r.err == (
+        "Error! -k needs a value, but the argument after it is '--dkmstree', which starts with '-' like "
+        "an option: no value of a dkms option does.\n"
+    )
+    assert host.written() == [] and tree_contents(s) == []
+    # the same with the value where it belongs adds to the scratch tree only
+    r = host.dkms(s, "add", "hello/1.0", *trees)
+    assert r.rc == 0, r
+    assert host.written() == [] and "hello/1.0/source" in tree_contents(s)
+
+
+def test_stray_argument_stops_a_command_that_changes_things(host: Host, bare_scratch: Scratch) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    host.put_source()
+    # --dkmstree's value went to a misspelt option's place: DIR is left over
+    r = host.dkms(s, "add", "hello/1.0", str(s.dkms_tree), "--sourcetree", str(s.source_tree))
+    assert r.rc == 2, r
+    assert r.err == (
+        f"Error! '{s.dkms_tree}' is not understood: it is not an action, a source directory, a dkms.conf "
+        "file or an archive, and the module is already set ('hello').\n"
+    )
+    assert host.written() == [] and tree_contents(s) == []
+
+
+def test_status_keeps_upstreams_tolerance_of_a_stray_argument(bare_scratch: Scratch) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    s.ok("add", "hello/1.0")
+    r = s.dkms("status", "hello/1.0", "bogus")
+    assert r.rc == 0 and r.out == "hello/1.0: added\n"
+    assert r.err.startswith("Warning: 'bogus' is not understood") and r.err.endswith("; ignored.\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9: unknown actions, job counts
+
+
+@pytest.mark.parametrize(
+    ("argv", "err"),
+    [
+        (["biuld", "hello/1.0"], "Error! Unknown action 'biuld' (did you mean build?).\n"),
+        (["frobnicate"], "Error! Unknown action 'frobnicate'.\nUsage: dkms ACTION"),
+    ],
+)
+def test_unknown_action(bare_scratch: Scratch, argv: List[str], err: str) -> None:
+    r = bare_scratch.dkms(*argv)
+    assert (r.rc, r.out) == (2, ""), r
+    assert r.err.startswith(err), r
+    assert tree_contents(bare_scratch) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "1.5"])
+def test_job_count_on_the_command_line(bare_scratch: Scratch, value: str) -> None:
+    bare_scratch.add_source("hello")
+    r = bare_scratch.dkms("build", "hello/1.0", "-j", value)
+    assert r.rc == 2, r
+    assert (
+        r.err == f"Error! -j '{value}' is not a number of make jobs: use a whole number (0 for no limit).\n"
+    )
+    assert tree_contents(bare_scratch) == []  # not even added
