@@ -92,7 +92,8 @@ def _silence_fds() -> None:
 
 
 def _session(inv: Invocation, console: Console) -> Session:
-    settings = framework.load(inv.framework_files)
+    # status only reads, and goes on without a framework file it cannot read; the others stop
+    settings = framework.load(inv.framework_files, strict=inv.action != "status")
     settings = framework.with_cli(
         settings,
         dkms_tree=inv.dkms_tree,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .cliargs import jobs_problem
 from .confeval import EvalMode, EvalRequest, OutsideSubsetError, evaluate
 from .confeval.protocol import FRAMEWORK_KEYS
 from .errors import DkmsError
@@ -112,10 +113,33 @@ class Settings:
     def reread(self, keys: Sequence[str], kernelver: str, arch: str) -> Dict[str, str]:
         """Lazy re-read of ``keys`` with ``kernelver``/``arch`` bound (framework-conf.md §5)."""
         # self.files all parsed at start-up: no syntax check again
-        values, _ = _evaluate_files(
+        values, _, _ = _evaluate_files(
             self.files, self.conf_evaluation, self.context(kernelver, arch), self.raw, check_syntax=False
         )
         return {k: values.get(k, self.raw.get(k, "")) for k in keys}
+
+
+class FrameworkError(DkmsError):
+    """A framework file that cannot be read, for an action that must not run without it (exit 1)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            1,
+            f"{path}: {problem}",
+            hint=(
+                "Nothing was done: without this file dkms could work on the wrong trees. "
+                "Fix it, or move it away; only 'dkms status' goes on without it."
+            ),
+        )
+        self.path = path
+        self.problem = problem
+
+
+def _skip_or_fail(path: Path, problem: str, strict: bool) -> None:
+    """A framework file that cannot be used: an error when ``strict``, else a warning (it is skipped)."""
+    if strict:
+        raise FrameworkError(path, problem)
+    print(f"Warning: {path}: skipped, {problem}", file=sys.stderr)
 
 
 def _evaluate_files(
@@ -125,13 +149,17 @@ def _evaluate_files(
     initial: Mapping[str, str],
     *,
     check_syntax: bool = True,
-) -> Tuple[Dict[str, str], Tuple[Path, ...]]:
+    strict: bool = False,
+) -> Tuple[Dict[str, str], Tuple[Path, ...], Dict[str, Path]]:
     """Evaluate framework files one after another; a file that fails is reported and skipped.
 
-    Returns the values and the files that were taken (the lazy re-reads use only those).
+    With ``strict`` a file that fails raises :class:`FrameworkError` instead. Returns the values,
+    the files that were taken (the lazy re-reads use only those) and, per key, the last file
+    that set it.
     """
     values: Dict[str, str] = dict(initial)
     taken: List[Path] = []
+    origins: Dict[str, Path] = {}
     environ = os.environ
     injections = directive_injections(environ, FRAMEWORK_KEYS)
     for path in files:
@@ -149,54 +177,61 @@ def _evaluate_files(
         try:
             result = evaluate(request)
         except OutsideSubsetError as exc:
-            print(
-                f"Warning: {path}: skipped, it is not plain settings ({exc.construct.text}, line {exc.construct.line}).",
-                file=sys.stderr,
+            _skip_or_fail(
+                path, f"it is not plain settings ({exc.construct.text}, line {exc.construct.line}).", strict
             )
             continue
-        except (OSError, DkmsError) as exc:
-            print(f"Warning: {path}: skipped, cannot be evaluated: {exc}", file=sys.stderr)
+        except OSError as exc:
+            _skip_or_fail(path, f"it cannot be read: {exc.strerror or exc}.", strict)
+            continue
+        except DkmsError as exc:
+            _skip_or_fail(path, f"it cannot be evaluated: {exc}", strict)
             continue
         if check_syntax and result.evaluator == "bash":
             from .confeval.bash import syntax_error  # only files outside the data subset get here
 
             problem = syntax_error(path, environ)
             if problem:
-                print(f"Warning: {path}: skipped, bash cannot parse it: {problem}", file=sys.stderr)
+                _skip_or_fail(path, f"bash cannot parse it: {problem}", strict)
                 continue
         if result.stderr:
             sys.stderr.write(result.stderr)
         for key, arr in result.values.items():
             if 0 in arr:
                 values[key] = arr[0]
+                origins[key] = path
         taken.append(path)
-    return values, tuple(taken)
+    return values, tuple(taken), origins
 
 
-def _readable_file(path: Path) -> bool:
-    """An existing file we can read; one we cannot is reported and skipped (§1)."""
+def _readable_file(path: Path, strict: bool = False) -> bool:
+    """An existing file we can read; one we cannot is reported and skipped (§1), or, ``strict``, an error."""
     try:
         if not path.is_file():
             return False
     except OSError:
         return False
     if not os.access(path, os.R_OK):
-        print(f"Warning: {path}: skipped, it is not readable.", file=sys.stderr)
+        _skip_or_fail(path, "it is not readable.", strict)
         return False
     return True
 
 
-def framework_files(etc: Path, extra: Sequence[Path] = ()) -> Tuple[Path, ...]:
+def framework_files(etc: Path, extra: Sequence[Path] = (), *, strict: bool = False) -> Tuple[Path, ...]:
+    """The framework files in evaluation order (§1); ``strict``: one that cannot be read is an error."""
     files: List[Path] = []
     main = etc / "framework.conf"
-    if _readable_file(main):
+    if _readable_file(main, strict):
         files.append(main)
     dropin = etc / "framework.conf.d"
     try:
         names = sorted((p.name for p in dropin.iterdir() if p.name.endswith(".conf")), key=os.fsencode)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         names = []
-    files.extend(dropin / n for n in names if _readable_file(dropin / n))
+    except OSError as exc:
+        _skip_or_fail(dropin, f"the directory cannot be read: {exc.strerror or exc}.", strict)
+        names = []
+    files.extend(dropin / n for n in names if _readable_file(dropin / n, strict))
     for path in extra:
         if not os.access(path, os.R_OK) or not path.is_file():
             raise DkmsError(
@@ -236,11 +271,36 @@ def _read_conf_evaluation(files: Sequence[Path]) -> EvalMode:
     return mode
 
 
-def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] = None) -> Settings:
-    """Start-up read of the framework files (before the command line is applied)."""
+def _parallel_jobs(values: Mapping[str, str], origins: Mapping[str, Path], warn: bool) -> str:
+    """``parallel_jobs`` if it is a job count, else the default (with a warning if ``warn``)."""
+    value = values.get("parallel_jobs") or ""
+    problem = jobs_problem(value)
+    if problem is None:
+        return value or _default_jobs()
+    default = _default_jobs()
+    if warn:
+        origin = origins.get("parallel_jobs")
+        where = (
+            f"{origin}: parallel_jobs=" if origin is not None else "the environment variable parallel_jobs="
+        )
+        print(f"Warning: {where}{problem} Using {default}.", file=sys.stderr)
+    return default
+
+
+def load(
+    extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] = None, *, strict: bool = False
+) -> Settings:
+    """Start-up read of the framework files (before the command line is applied).
+
+    ``strict`` is for the actions that change something: a framework file that cannot be read
+    raises :class:`FrameworkError` (exit 1) instead of being skipped with a warning, since the
+    keys it sets (``dkms_tree``, ``source_tree``, …) would otherwise silently fall back to the
+    real trees. A ``parallel_jobs`` that is not a job count falls back to the default, with a
+    warning when ``strict``.
+    """
     env = os.environ if environ is None else environ
     etc = etc_dir()
-    files = framework_files(etc, extra_files)
+    files = framework_files(etc, extra_files, strict=strict)
     mode = _read_conf_evaluation(files)
     initial: Dict[str, str] = {
         "dkms_tree": "/var/lib/dkms",
@@ -261,7 +321,9 @@ def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] 
         "kernelver": "",
         "arch": "",
     }
-    values, files = _evaluate_files(files, mode, context, initial) if files else (dict(initial), ())
+    values, files, origins = (
+        _evaluate_files(files, mode, context, initial, strict=strict) if files else (dict(initial), (), {})
+    )
     return Settings(
         dkms_tree=Path(os.path.abspath(values["dkms_tree"] or "/var/lib/dkms")),
         source_tree=Path(os.path.abspath(values["source_tree"] or "/usr/src")),
@@ -271,7 +333,7 @@ def load(extra_files: Sequence[Path] = (), environ: Optional[Mapping[str, str]] 
         symlink_modules=bool(values.get("symlink_modules")),
         autoinstall_all_kernels=values.get("autoinstall_all_kernels", ""),
         modprobe_on_install=bool(values.get("modprobe_on_install")),
-        parallel_jobs=values.get("parallel_jobs") or _default_jobs(),
+        parallel_jobs=_parallel_jobs(values, origins, warn=strict),
         compress_gzip_opts=values.get("compress_gzip_opts", ""),
         compress_xz_opts=values.get("compress_xz_opts", ""),
         compress_zstd_opts=values.get("compress_zstd_opts", ""),

@@ -7,6 +7,7 @@ directories of the test, so "nothing was written to the real trees" can be check
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -134,3 +135,58 @@ def test_job_count_on_the_command_line(bare_scratch: Scratch, value: str) -> Non
         r.err == f"Error! -j '{value}' is not a number of make jobs: use a whole number (0 for no limit).\n"
     )
     assert tree_contents(bare_scratch) == []  # not even added
+
+
+def test_job_count_in_framework_conf(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    (scratch.etc / "framework.conf").write_text('parallel_jobs="-5"\n')
+    r = scratch.ok("build", "hello/1.0", "-k", kernel, "--verbose")
+    warning = (
+        f"Warning: {scratch.etc / 'framework.conf'}: parallel_jobs='-5' is not a number of make jobs: "
+        f"use a whole number (0 for no limit). Using {os.cpu_count()}.\n"
+    )
+    assert warning in r.err, r
+    assert "-j-5" not in r.out and f"-j{os.cpu_count()}" in r.out, r
+    # status never builds: it does not complain about it
+    assert scratch.ok("status").err == ""
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 7: a framework file that cannot be read must not redirect the command
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            'verbose="unterminated\n',
+            "bash cannot parse it: line 4: unexpected EOF while looking for matching",
+        ),
+        (
+            'conf_evaluation="data"\nverbose=$(id)\n',
+            "it is not plain settings (command substitution `$(...)`, line 5).",
+        ),
+    ],
+)
+@pytest.mark.parametrize("where", ["framework.conf", "framework.conf.d/10-trees.conf"])
+def test_unreadable_framework_file_stops_a_command_that_changes_things(
+    host: Host, bare_scratch: Scratch, text: str, problem: str, where: str
+) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    host.put_source()
+    conf = s.etc / where
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        f"dkms_tree={s.dkms_tree}\nsource_tree={s.source_tree}\ninstall_tree={s.install_tree}\n{text}"
+    )
+    r = host.dkms(s, "add", "hello/1.0")
+    assert r.rc == 1, r
+    assert r.err.startswith(f"Error! {conf}: {problem}"), r
+    assert "Nothing was done" in r.err and r.out == ""
+    assert host.written() == [] and tree_contents(s) == []
+    # status only reads: it goes on without the file, with the warning (here on the namespace's
+    # empty /var/lib/dkms, since the file that named the scratch tree was skipped)
+    r = host.dkms(s, "status")
+    assert (r.rc, r.out) == (0, ""), r
+    assert r.err.startswith(f"Warning: {conf}: skipped, {problem}"), r

@@ -133,3 +133,57 @@ def test_directive_injections(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     env = {"DKMS_DIRECTIVE_A": "MAKE=make -j1=x", "DKMS_DIRECTIVE_B": "PATH=/evil", "OTHER": "MAKE=no"}
     assert framework.directive_injections(env, ("MAKE",)) == (("MAKE", "make -j1"),)
     assert "PATH" in capsys.readouterr().err  # not whitelisted: ignored with a warning [fix D-16]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        (
+            "framework.conf",
+            'dkms_tree=/srv/dkms\nverbose="x\n',
+            "bash cannot parse it: line 2: unexpected EOF",
+        ),
+        ("framework.conf.d/a.conf", "if then\n", "bash cannot parse it: line 1: syntax error"),
+    ],
+)
+def test_strict_load_refuses_a_file_it_would_skip(
+    etc: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, problem: str
+) -> None:
+    (etc / name).write_text(text)
+    with pytest.raises(framework.FrameworkError) as info:
+        framework.load(strict=True)
+    assert info.value.code == 1 and info.value.path == etc / name
+    assert str(info.value).startswith(f"{etc / name}: {problem}")
+    assert capsys.readouterr().err == ""  # no warning as well: the error says it
+    framework.load()  # not strict: skipped with the warning
+    assert capsys.readouterr().err.startswith(f"Warning: {etc / name}: skipped, {problem}")
+
+
+def test_strict_load_refuses_a_shell_file_in_data_mode(etc: Path) -> None:
+    (etc / "framework.conf").write_text('conf_evaluation="data"\nparallel_jobs=$(nproc)\n')
+    with pytest.raises(framework.FrameworkError) as info:
+        framework.load(strict=True)
+    assert info.value.problem == "it is not plain settings (command substitution `$(...)`, line 2)."
+
+
+@pytest.mark.parametrize("value", ["-5", "abc", "2.5", " 3"])
+def test_parallel_jobs_that_is_no_count_falls_back_to_the_default(
+    etc: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    default = framework.load().parallel_jobs
+    (etc / "framework.conf").write_text(f"parallel_jobs='{value}'\n")
+    assert framework.load().parallel_jobs == default
+    assert capsys.readouterr().err == ""  # status: not its business
+    assert framework.load(strict=True).parallel_jobs == default
+    assert capsys.readouterr().err == (
+        f"Warning: {etc / 'framework.conf'}: parallel_jobs='{value}' is not a number of make jobs: "
+        f"use a whole number (0 for no limit). Using {default}.\n"
+    )
+    (etc / "framework.conf").unlink()
+    monkeypatch.setenv("parallel_jobs", value)
+    assert framework.load(strict=True).parallel_jobs == default
+    assert capsys.readouterr().err.startswith(
+        f"Warning: the environment variable parallel_jobs='{value}' is not a number of make jobs"
+    )
+    monkeypatch.setenv("parallel_jobs", "0")
+    assert framework.load(strict=True).parallel_jobs == "0"  # 0: no limit (make -j)
