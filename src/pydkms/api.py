@@ -349,7 +349,7 @@ def stale_dependents(session: Session, t: Target) -> List[Tuple[str, str, Tuple[
             conf = session.confs.read(
                 m, v, session.kernel(t.kernel, t.arch), session.conf_file(m, v), strict=False
             )
-        except DkmsError:
+        except Exception:  # another module's conf, however broken, must not fail this install
             continue
         if not conf.build_depends_rebuild or not conf.build_depends:
             continue

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, TextIO, Tuple
 
 from . import runner
 from .errors import DkmsError
+from .failure import contained
 from .output import Console
 from .session import Session
 from .tree import Target
@@ -248,11 +249,13 @@ def _attempt(work: Callable[[Session, Job], int], js: Session, job: Job, trailer
         js.console.info("")
         js.console.failure(exc)
         code = exc.code
-    except Exception as exc:  # a bug in one job must not take the others down
+    except Exception as exc:  # anything that goes wrong in one job must not take the others down
         if runner.DEBUG:
             js.console.raw(traceback.format_exc(), True)
-        js.console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
-        code = 1
+        error = contained(exc, f"{job.module}/{job.version} for {job.target.kernel} ({job.target.arch})")
+        js.console.info("")
+        js.console.failure(error)
+        code = error.code
     if trailer is not None:
         js.console.info(trailer)
     return code

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, runner
 from .errors import DkmsError
+from .failure import describe
 from .installed import locate_installed, read_fingerprint, same_contents, stat_tuple
 from .kernel import built_module_files, compressed_or_uncompressed, module_suffix
 from .modinfo import SignatureInfo, signature_info
@@ -45,6 +47,8 @@ class StatusEntry:
     original_modules: bool = False
     built_modules_missing: bool = False
     differs_from_installed: bool = False
+    #: for a module that could not be looked at (listed as broken): why
+    problem: Optional[str] = None
 
     def line(self) -> str:
         mv = f"{self.module}/{self.version}"
@@ -191,35 +195,51 @@ class StatusReader:
         """One list of entries per kernel pass (status.md §3)."""
         pairs = list(self.tree.module_versions(m_pattern or None, v_pattern or None))
         out: List[List[StatusEntry]] = []
+        failed: Dict[Tuple[str, str], StatusEntry] = {}
         for k_pattern, a_pattern in passes:
             entries: List[StatusEntry] = []
             for m, v in pairs:
-                if self.tree.is_broken(m, v):
-                    entries.append(StatusEntry(m, v, None, None, "broken"))
+                if (m, v) in failed:
+                    entries.append(failed[(m, v)])
                     continue
-                if not self.tree.is_added(m, v):
-                    continue
-                builds = self.tree.builds(m, v, k_pattern or None, a_pattern or None)
-                if not builds:
-                    entries.append(StatusEntry(m, v, None, None, "added"))
-                    continue
-                for t in builds:
-                    installed = self.tree.installed_version(m, t.kernel, t.arch) == v
-                    missing, differs = self._problems(m, v, t, installed)
-                    entries.append(
-                        StatusEntry(
-                            m,
-                            v,
-                            t.kernel,
-                            t.arch,
-                            "installed" if installed else "built",
-                            original_modules=self.tree.has_original_modules(m, t.kernel, t.arch),
-                            built_modules_missing=missing,
-                            differs_from_installed=differs,
-                        )
-                    )
+                try:
+                    entries.extend(self._module_entries(m, v, k_pattern, a_pattern))
+                except Exception as exc:  # one module that cannot be looked at must not hide the others
+                    if runner.DEBUG:
+                        traceback.print_exc()
+                    failed[(m, v)] = StatusEntry(m, v, None, None, "broken", problem=describe(exc))
+                    entries.append(failed[(m, v)])
             out.append(entries)
         return out
+
+    def _module_entries(
+        self, m: str, v: str, k_pattern: Optional[str], a_pattern: Optional[str]
+    ) -> List[StatusEntry]:
+        """The lines of one m/v in one kernel pass (status.md §3)."""
+        if self.tree.is_broken(m, v):
+            return [StatusEntry(m, v, None, None, "broken")]
+        if not self.tree.is_added(m, v):
+            return []
+        builds = self.tree.builds(m, v, k_pattern or None, a_pattern or None)
+        if not builds:
+            return [StatusEntry(m, v, None, None, "added")]
+        entries: List[StatusEntry] = []
+        for t in builds:
+            installed = self.tree.installed_version(m, t.kernel, t.arch) == v
+            missing, differs = self._problems(m, v, t, installed)
+            entries.append(
+                StatusEntry(
+                    m,
+                    v,
+                    t.kernel,
+                    t.arch,
+                    "installed" if installed else "built",
+                    original_modules=self.tree.has_original_modules(m, t.kernel, t.arch),
+                    built_modules_missing=missing,
+                    differs_from_installed=differs,
+                )
+            )
+        return entries
 
 
 def passes_for(kernels: Sequence[str], arches: Sequence[str]) -> List[Tuple[Optional[str], Optional[str]]]:
@@ -231,16 +251,38 @@ def passes_for(kernels: Sequence[str], arches: Sequence[str]) -> List[Tuple[Opti
     return [(k, arches[i] if i < len(arches) else None) for i, k in enumerate(kernels)]
 
 
+def _signatures(session: Session, e: StatusEntry) -> List[ModuleSignature]:
+    """:func:`module_signatures`; a module file that cannot be read is reported, not fatal."""
+    try:
+        return module_signatures(session.tree, e)
+    except Exception as exc:
+        session.console.warn(
+            f"{e.module}/{e.version}, {e.kernel}, {e.arch}: the signatures cannot be read: {describe(exc)}"
+        )
+        return []
+
+
+def _warn_unreadable(session: Session, e: StatusEntry) -> None:
+    session.console.warn(
+        f"{e.module}/{e.version} cannot be looked at, so it is listed as broken: {e.problem}"
+    )
+
+
 def render_text(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
     console = session.console
     verbose = session.settings.verbose
+    warned = set()
     for entries in per_pass:
         for e in entries:
             console.info(e.line())
             if verbose:
-                for sig in module_signatures(session.tree, e):
+                for sig in _signatures(session, e):
                     console.info(f"  {sig.describe()}")
-            if e.state == "broken":
+            if e.problem is not None:
+                if e not in warned:  # once, not once per kernel pass
+                    warned.add(e)
+                    _warn_unreadable(session, e)
+            elif e.state == "broken":
                 console.error(
                     f"{e.module}/{e.version}: Missing the module source directory or the symbolic link pointing "
                     "to it. Manual intervention is required!"
@@ -259,7 +301,9 @@ def render_json(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None
                 continue
             seen.add(e)
             entries.append(e.as_json())
-            for sig in module_signatures(session.tree, e):
+            if e.problem is not None:
+                _warn_unreadable(session, e)
+            for sig in _signatures(session, e):
                 build = {"module": e.module, "version": e.version, "kernel": e.kernel, "arch": e.arch}
                 modules.append({**build, **sig.as_json()})
     doc = {

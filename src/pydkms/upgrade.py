@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from . import api, builder, installer
+from . import api, builder, installer, runner
 from .cliargs import Invocation, resolve_targets
 from .errors import DkmsError
+from .failure import contained
 from .moduleconf import ModuleConf
-from .output import join_words
+from .output import Console, join_words
 from .planner import UNRESOLVED, Executor, Job, Outcome
 from .session import Session
 from .tree import Target
@@ -88,13 +90,19 @@ def latest_versions(session: Session) -> Dict[str, str]:
     tree = session.tree
     latest: Dict[str, str] = {}
     for m, v in tree.module_versions():
-        if tree.is_broken(m, v):
+        try:
+            broken = tree.is_broken(m, v)
+            added = broken or tree.is_added(m, v)
+        except Exception as exc:  # one module that cannot be looked at must not stop the others
+            _report_contained(session.console, exc, f"{m}/{v}", "it is skipped")
+            continue
+        if broken:
             session.console.error(
                 f"{m}/{v} is broken: its source directory or the symbolic link pointing to it is missing. "
                 "Manual intervention is required; it is skipped."
             )
             continue
-        if not tree.is_added(m, v):
+        if not added:
             continue
         if m not in latest or ver_greater(v, latest[m]):
             latest[m] = v
@@ -115,22 +123,14 @@ def autoinstall(session: Session, targets: Sequence[Target]) -> int:
         report = reports[t]
         queued: List[Job] = []
         for m, v in latest.items():
-            if tree.is_installed(m, v, t.kernel, t.arch):
-                report.already.append(f"{m}/{v}")
-                continue
             try:
-                conf = session.read_conf(m, v, session.kernel(t.kernel, t.arch), strict=False)
-            except DkmsError as exc:  # one bad module never stops the others [fix D-01]
-                console.failure(exc)
-                report.failed.append((m, exc.code))
+                job = _autoinstall_job(session, report, m, v, t)
+            except Exception as exc:  # one bad module never stops the others [fix D-01]
+                code = _report_contained(console, exc, f"{m}/{v}")
+                report.failed.append((m, code))
                 continue
-            if not conf.autoinstall:
-                continue
-            built = tree.is_built(m, v, t.kernel, t.arch)
-            if not built and tree.is_binaries_only_stub(m, v):
-                report.no_source.append(f"{m}/{v}")
-                continue
-            queued.append(Job(m, v, t, conf.build_depends))
+            if job is not None:
+                queued.append(job)
         if any(not tree.is_built(j.module, j.version, t.kernel, t.arch) for j in queued):
             kernel = session.kernel(t.kernel, t.arch)
             if not kernel.headers_present():
@@ -179,6 +179,33 @@ def autoinstall(session: Session, targets: Sequence[Target]) -> int:
         "One or more modules failed to install during autoinstall.",
         hint="Refer to the messages above (and the make.log files named there) for the reasons.",
     )
+
+
+def _report_contained(console: Console, exc: BaseException, subject: str, then: str = "") -> int:
+    """Report a failure of one module (``--debug``: with its traceback); returns its exit status."""
+    if runner.DEBUG and not isinstance(exc, DkmsError):
+        console.raw(traceback.format_exc(), True)
+    error = contained(exc, subject)
+    if then:
+        error = DkmsError(error.code, f"{error.message.rstrip('.')}; {then}.", error.hint)
+    console.failure(error)
+    return error.code
+
+
+def _autoinstall_job(session: Session, report: KernelReport, m: str, v: str, t: Target) -> Optional[Job]:
+    """The job autoinstall queues for m/v on t, or None (already installed, not AUTOINSTALL, no source)."""
+    tree = session.tree
+    if tree.is_installed(m, v, t.kernel, t.arch):
+        report.already.append(f"{m}/{v}")
+        return None
+    conf = session.read_conf(m, v, session.kernel(t.kernel, t.arch), strict=False)
+    if not conf.autoinstall:
+        return None
+    built = tree.is_built(m, v, t.kernel, t.arch)
+    if not built and tree.is_binaries_only_stub(m, v):
+        report.no_source.append(f"{m}/{v}")
+        return None
+    return Job(m, v, t, conf.build_depends)
 
 
 def _record(session: Session, report: KernelReport, job: Job, outcome: Outcome) -> None:
@@ -234,24 +261,22 @@ def kernel_remove(session: Session, t: Target, *, preinst: bool) -> int:
     k, a = t.kernel, t.arch
     failed: List[str] = []
     for m, v in tree.module_versions():
-        if not tree.is_built(m, v, k, a):
-            continue
-        conf = None
-        if preinst:
-            try:
+        try:
+            if not tree.is_built(m, v, k, a):
+                continue
+            conf = None
+            if preinst:
                 conf = s.read_conf(m, v, s.kernel(k, a), strict=False)
-            except DkmsError as exc:
-                console.failure(exc)
-                failed.append(f"{m}/{v}({exc.code})")
-                continue
-            if not conf.autoinstall:
-                continue
+                if not conf.autoinstall:
+                    continue
+        except Exception as exc:  # one module never stops the others
+            failed.append(f"{m}/{v}({_report_contained(console, exc, f'{m}/{v}')})")
+            continue
         console.notice(f"dkms: removing module {m}/{v} for kernel {k} ({a})")
         try:
             _remove_build(s, m, v, t, conf)
-        except DkmsError as exc:
-            console.failure(exc)
-            failed.append(f"{m}/{v}({exc.code})")
+        except Exception as exc:
+            failed.append(f"{m}/{v}({_report_contained(console, exc, f'{m}/{v}')})")
     pending = tree.depmod_pending(k, a)
     if pending.exists():
         pending.unlink()
@@ -273,12 +298,15 @@ def _remove_build(s: Session, m: str, v: str, t: Target, conf: Optional[ModuleCo
         if tree.is_installed(m, v, t.kernel, t.arch):
             installer.uninstall(s, m, v, t, conf=conf)
         installer.unbuild_target(s, m, v, t)
-    except DkmsError as exc:
-        if exc.code not in (4, 8) or conf is not None:
+    except Exception as exc:
+        unexpected = not isinstance(exc, DkmsError)
+        if conf is not None or not (unexpected or getattr(exc, "code", 0) in (4, 8)):
             raise
-        # the conf is unusable: work from the built files [fix D-17]
+        # the conf is unusable (or reading it failed in a way nobody foresaw): work from the built
+        # files [fix D-17]
+        reason = contained(exc, f"{m}/{v}").message if unexpected else getattr(exc, "message", str(exc))
         s.console.warn(
-            f"The dkms.conf of {m}/{v} cannot be read ({exc.message}); removing it using its built files."
+            f"The dkms.conf of {m}/{v} cannot be read ({reason}); removing it using its built files."
         )
         installer.uninstall_from_files(s, m, v, t)
         installer.unbuild_target(s, m, v, t)
