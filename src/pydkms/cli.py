@@ -7,6 +7,7 @@ code; a traceback is printed only with ``--debug``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import signal
 import sys
@@ -232,8 +233,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _raw_bytes_out() -> None:
+    """Names that are not UTF-8 are printed as the bytes they are, as upstream does, whatever the locale.
+
+    Python keeps such bytes as lone surrogates; in a UTF-8 locale its streams would refuse them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "surrogateescape":
+            stream.reconfigure(errors="surrogateescape")
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    _raw_bytes_out()
     for name in SCRUBBED_ENV:
         os.environ.pop(name, None)
     console = Console()

@@ -289,6 +289,30 @@ def render_text(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None
                 )
 
 
+def json_text(value: str) -> str:
+    """A string as valid Unicode for JSON: each byte of a name that is not UTF-8 becomes ``\\xNN``.
+
+    Names come from the file system, where they are bytes; Python keeps a byte that is not
+    UTF-8 as a lone surrogate, which ``json`` would write as ``\\udcNN``, and which strict JSON
+    parsers refuse. The text output prints the bytes themselves, as upstream does.
+    """
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, str):
+        return json_text(value)
+    if isinstance(value, dict):
+        return {json_text(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def render_json(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None:
     """The versioned document of status.md §5, plus ``built_modules``: one item per built module file
     of the listed builds (``module``, ``version``, ``kernel``, ``arch`` name the build line)."""
@@ -313,4 +337,4 @@ def render_json(session: Session, per_pass: Iterable[List[StatusEntry]]) -> None
         "entries": entries,
         "built_modules": modules,
     }
-    session.console.info(json.dumps(doc, separators=(", ", ": ")))
+    session.console.info(json.dumps(_json_safe(doc), separators=(", ", ": ")))

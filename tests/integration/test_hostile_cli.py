@@ -7,8 +7,10 @@ directories of the test, so "nothing was written to the real trees" can be check
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -190,3 +192,24 @@ def test_unreadable_framework_file_stops_a_command_that_changes_things(
     r = host.dkms(s, "status")
     assert (r.rc, r.out) == (0, ""), r
     assert r.err.startswith(f"Warning: {conf}: skipped, {problem}"), r
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9: names that are not UTF-8 in status
+
+
+def test_status_of_a_name_that_is_not_utf8(bare_scratch: Scratch) -> None:
+    s = bare_scratch
+    name = os.fsdecode(b"b\xe9d")  # a file name, not text
+    src = s.add_source("hello", name=name)
+    (s.dkms_tree / name / "1.0" / "build").mkdir(parents=True)
+    (s.dkms_tree / name / "1.0" / "source").symlink_to(src)
+    r = s.ok("status", "--json")
+    assert "\\udc" not in r.out  # no lone surrogate, which strict JSON parsers refuse
+    entry = json.loads(r.out)["entries"][0]
+    assert (entry["module"], entry["state"]) == ("b\\xe9d", "added")  # the byte as \xNN
+    entry["module"].encode("utf-8")  # valid Unicode
+    # the text lines keep the bytes, as upstream prints them, also where the locale is UTF-8
+    for env in ({}, {"PYTHONIOENCODING": "utf-8"}):
+        proc = subprocess.run(s.dkms_argv("status"), env=s.env(env), capture_output=True, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"b\xe9d/1.0: added\n", b""), proc
