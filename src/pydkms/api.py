@@ -143,10 +143,10 @@ def _add_from_path(session: Session, path: Path, target: Target) -> tuple[str, s
     created: Optional[Path] = None
     skip = {os.path.realpath(p) for p in (dest, tree.source_link(m, v), tree.build_dir(m, v))}
     if str(real) not in skip:
-        if not dest.exists():
+        if not os.path.lexists(dest):
             created = dest  # removed again if a later step fails [fix D-12]
         elif session.options.force:
-            shutil.rmtree(dest)
+            _delete_old_source(session, dest)
         dest.mkdir(parents=True, exist_ok=True)
         proc = runner.run(["cp", "-a", "--reflink=auto", f"{real}/.", str(dest)])
         if proc.returncode != 0:
@@ -157,6 +157,25 @@ def _add_from_path(session: Session, path: Path, target: Target) -> tuple[str, s
             )
         console.info(f"Copied {real} to {dest}")
     return m, v, created
+
+
+def _delete_old_source(session: Session, dest: Path) -> None:
+    """``add --force`` from a path: the old ``$source_tree/m-v`` goes first.
+
+    A symbolic link is removed, not what it points to (upstream's ``rm -rf`` does the same):
+    the directory it names may be someone else's.
+    """
+    try:
+        if dest.is_symlink() or not dest.is_dir():
+            what = f"symbolic link {dest} -> {os.readlink(dest)}" if dest.is_symlink() else f"file {dest}"
+            session.console.info(f"Removing the {what} (--force)")
+            dest.unlink()
+        else:
+            shutil.rmtree(dest)
+    except OSError as exc:
+        raise DkmsError(
+            1, f"Could not delete the old source {dest} to replace it (--force): {exc.strerror or exc}."
+        ) from exc
 
 
 def _register(session: Session, m: str, v: str, target: Target) -> None:

@@ -26,6 +26,7 @@ from .cliargs import (
     usage,
 )
 from .errors import DkmsError
+from .failure import describe_os_error
 from .output import Console
 from .session import SCRUBBED_ENV, Options, Session
 from .tree import Target
@@ -319,8 +320,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except OSError as exc:
         # the system said no (disk full, read-only, permissions) where no step expected it
         _traceback_if(debug)
-        where = f": {exc.filename}" if exc.filename else ""
-        console.error(f"{exc.strerror or exc}{where}.")
+        console.error(describe_os_error(exc))
         return 1
     except Exception:
         _traceback_if(debug)

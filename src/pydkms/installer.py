@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 from . import kernel as kernel_mod
 from . import runner
 from .errors import DkmsError
+from .failure import describe_os_error
 from .installed import (
     FingerprintEntry,
     fingerprint_for,
@@ -343,7 +344,7 @@ def _take_back(
         try:
             restore_originals(session, m, r, target, suffix)
         except OSError as exc:
-            session.console.warn(f"Could not restore the original of {r.dest_name}: {exc}")
+            session.console.warn(f"Could not restore the original of {r.dest_name}: {describe_os_error(exc)}")
     _rmdir_quiet(session.tree.original_module_root(m))
 
 

@@ -213,3 +213,37 @@ def test_status_of_a_name_that_is_not_utf8(bare_scratch: Scratch) -> None:
     for env in ({}, {"PYTHONIOENCODING": "utf-8"}):
         proc = subprocess.run(s.dkms_argv("status"), env=s.env(env), capture_output=True, check=False)
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"b\xe9d/1.0: added\n", b""), proc
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9: Python's error texts
+
+
+def test_add_force_replaces_a_symlinked_source_and_leaves_its_target(
+    bare_scratch: Scratch, tmp_path: Path
+) -> None:
+    s = bare_scratch
+    elsewhere = tmp_path / "someone-elses"
+    shutil.copytree(EXAMPLES / "hello", elsewhere)
+    (s.source_tree / "hello-1.0").symlink_to(elsewhere)
+    new = tmp_path / "new-hello"
+    shutil.copytree(EXAMPLES / "hello", new)
+    (new / "NEW").write_text("")
+    r = s.dkms("add", str(new), "--force")
+    assert r.rc == 0, r  # was: "Error! Cannot call rmtree on a symbolic link."
+    assert f"Removing the symbolic link {s.source_tree / 'hello-1.0'} -> {elsewhere} (--force)\n" in r.out
+    dest = s.source_tree / "hello-1.0"
+    assert dest.is_dir() and not dest.is_symlink() and (dest / "NEW").is_file()
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(
+        p.name for p in (EXAMPLES / "hello").iterdir()
+    )
+
+
+def test_an_unexpected_system_error_names_the_operation_and_the_path(scratch: Scratch, kernel: str) -> None:
+    scratch.add_source("hello")
+    scratch.ok("add", "hello/1.0")
+    in_the_way = scratch.dkms_tree / "hello" / "1.0" / kernel
+    in_the_way.write_text("")  # a file where the build's kernel directory goes
+    r = scratch.dkms("build", "hello/1.0", "-k", kernel)
+    assert r.rc == 1, r
+    assert r.err == f"Error! Could not create the directory {in_the_way}: file exists.\n"
