@@ -19,6 +19,7 @@ from . import COMPAT_VERSION, __version__, framework, runner
 from .cliargs import (
     CommandLineError,
     Invocation,
+    help_text,
     pair_kernels_arches,
     parse_args,
     prescan_framework_files,
@@ -83,12 +84,17 @@ def _print_usage(console: Console, to_stderr: bool) -> None:
         console.info(text.rstrip("\n"))
 
 
-def _silence_fds() -> None:
-    """``-q``: discard stdout and stderr from here on, for us and for every child process."""
+def _silence_fds(keep_stdout: bool = False) -> None:
+    """``-q``: discard stdout and stderr from here on, for us and for every child process.
+
+    ``keep_stdout``: ``status -q --json`` still prints the document; it is the data the user
+    asked for, not the human text ``-q`` hides.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
+    if not keep_stdout:
+        os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
 
@@ -274,10 +280,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 0
     if inv.show_help:
         console.info(f"pydkms {__version__} (compatible with {COMPAT_VERSION})")
-        _print_usage(console, to_stderr=False)
+        console.info(help_text(inv.action))
         return 0
     if inv.quiet:
-        _silence_fds()
+        _silence_fds(keep_stdout=inv.json and inv.action == "status")
     for n in inv.notices:
         if not n.before_quiet:
             console.notice(n.text)

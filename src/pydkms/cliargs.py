@@ -178,6 +178,7 @@ class Option:
 
     ``long`` is matched as a prefix when ``takes_value`` (upstream ``--opt*)``), exactly
     otherwise; ``short`` is always matched exactly. ``dest`` names the parser slot it feeds.
+    ``help`` and ``actions`` (empty: every action) feed ``dkms --help`` and ``dkms ACTION --help``.
     """
 
     long: Optional[str]
@@ -188,52 +189,268 @@ class Option:
     seed: bool = False
     #: the value is a file or directory (a name starting with ``-`` can be written ``./-name``)
     path: bool = False
+    help: str = ""
+    actions: tuple[str, ...] = ()
 
+
+#: groups of actions, for the option table below
+_MV = ("add", "build", "install", "uninstall", "unbuild", "remove")
+_BUILDS = ("build", "install", "autoinstall", "kernel_postinst", "match")
+_CONFS = (*_MV, "status", "autoinstall", *KERNEL_HOOK_ACTIONS, "match", "sign", "mktarball")
+_PACKAGERS = ("mktarball", "mkdeb", "mkdsc", "mkbmdeb", "mkrpm", "mkkmp", "mkdriverdisk")
+_KERNELS = (*_MV, "status", "match", "autoinstall", *KERNEL_HOOK_ACTIONS, "sign", "generate_mok", *_PACKAGERS)
+_DEPMOD = ("install", "uninstall", "unbuild", "remove", "autoinstall", *KERNEL_HOOK_ACTIONS, "match", "sign")
 
 #: In upstream's ``case`` order; the order matters only for prefix matching (``--archive`` first).
 OPTIONS: tuple[Option, ...] = (
-    Option("--module", "-m", True, "module", "module[/version]"),
-    Option(None, "-v", True, "version", "module-version"),
-    Option("--kernelver", "-k", True, "kernel", "kernel-version[/arch]"),
-    Option("--templatekernel", None, True, "template_kernel", "kernel"),
-    Option(None, "-c", True, "conf", "dkms.conf-location", path=True),
-    Option("--quiet", "-q", False, "quiet"),
-    Option("--version", "-V", False, "show_version"),
+    Option(
+        "--module", "-m", True, "module", "module[/version]",
+        help="the module (and its version after the first '/'); for status a pattern",
+        actions=(*_MV, "status", "match", "sign", *_PACKAGERS),
+    ),
+    Option(
+        None, "-v", True, "version", "module-version",
+        help="the module's version; for status a pattern", actions=(*_MV, "status", "sign", *_PACKAGERS),
+    ),
+    Option(
+        "--kernelver", "-k", True, "kernel", "kernel-version[/arch]",
+        help="a kernel (repeatable; default: the running one, but status shows every kernel); '/arch' also gives its architecture",
+        actions=_KERNELS,
+    ),
+    Option(
+        "--templatekernel", None, True, "template_kernel", "kernel",
+        help="the kernel whose installed modules match installs", actions=("match",),
+    ),
+    Option(
+        None, "-c", True, "conf", "dkms.conf-location", path=True,
+        help="read this file instead of the module's dkms.conf", actions=_CONFS,
+    ),
+    Option("--quiet", "-q", False, "quiet", help="print nothing (status --json still prints the document)"),
+    Option("--version", "-V", False, "show_version", help="print the version and stop"),
     Option("--no-initrd", None, False, "deprecated"),
     Option("--no-clean-kernel", None, False, "deprecated"),
     Option("--no-prepare-kernel", None, False, "deprecated"),
-    Option("--binaries-only", None, False, "binaries_only"),
-    Option("--source-only", None, False, "source_only"),
-    Option("--force", None, False, "force"),
-    Option("--force-version-override", None, False, "force_version_override"),
-    Option("--all", None, False, "all"),
-    Option("--verbose", None, False, "verbose"),
-    Option("--rpm_safe_upgrade", None, False, "rpm_safe_upgrade"),
-    Option("--dkmstree", None, True, "dkms_tree", "path", path=True),
-    Option("--sourcetree", None, True, "source_tree", "path", path=True),
-    Option("--installtree", None, True, "install_tree", "path", path=True),
-    Option("--symlink-modules", None, False, "symlink_modules"),
-    Option("--config", None, True, "kernel_config", "kernel-config-location", path=True),
-    Option("--archive", None, True, "archive", "tarball-location", path=True),
-    Option("--arch", "-a", True, "arch", "arch"),
-    Option("--kernelsourcedir", None, True, "kernel_source_dir", "source-location", path=True),
-    Option("--directive", None, True, "directive", "NAME=value"),
-    Option("--no-depmod", None, False, "no_depmod"),
-    Option("--modprobe-on-install", None, False, "modprobe_on_install"),
-    Option("--debug", None, False, "debug"),
-    Option(None, "-j", True, "jobs", "number"),
-    Option("--help", "-h", False, "show_help"),
+    Option(
+        "--binaries-only", None, False, "binaries_only",
+        help="no source in the archive or package", actions=("mktarball", "mkdeb", "mkrpm"),
+    ),
+    Option(
+        "--source-only", None, False, "source_only",
+        help="no built modules in the archive or package", actions=("mktarball", "mkdeb", "mkrpm"),
+    ),
+    Option(
+        "--force", None, False, "force",
+        help="do it again: re-add over the source, rebuild, reinstall; skip the version check",
+        actions=("add", "build", "install", "ldtarball", *_PACKAGERS),
+    ),
+    Option(
+        "--force-version-override", None, False, "force_version_override",
+        help="install even over a newer installed version", actions=("install",),
+    ),
+    Option(
+        "--all", None, False, "all",
+        help="every kernel and architecture the module is built for",
+        actions=("uninstall", "unbuild", "remove", "sign", *_PACKAGERS),
+    ),
+    Option("--verbose", None, False, "verbose", help="print the commands run instead of the steps, and their output"),
+    Option(
+        "--rpm_safe_upgrade", None, False, "rpm_safe_upgrade",
+        help="the lock protocol of RPM package upgrades", actions=("add", "remove", "install"),
+    ),
+    Option("--dkmstree", None, True, "dkms_tree", "path", path=True, help="the DKMS tree (default /var/lib/dkms)"),
+    Option("--sourcetree", None, True, "source_tree", "path", path=True, help="the source tree (default /usr/src)"),
+    Option(
+        "--installtree", None, True, "install_tree", "path", path=True,
+        help="the kernels' module tree (default /lib/modules)",
+    ),
+    Option(
+        "--symlink-modules", None, False, "symlink_modules",
+        help="install symbolic links into the DKMS tree instead of copies", actions=("install", *_BUILDS[2:]),
+    ),
+    Option(
+        "--config", None, True, "kernel_config", "kernel-config-location", path=True,
+        help="the kernel configuration to build against", actions=_BUILDS,
+    ),
+    Option(
+        "--archive", None, True, "archive", "tarball-location", path=True,
+        help="the archive to write (mktarball) or read", actions=("add", "build", "install", "mktarball", "ldtarball"),
+    ),
+    Option(
+        "--arch", "-a", True, "arch", "arch",
+        help="an architecture (repeatable, paired with the -k in order; default: the machine's)",
+        actions=_KERNELS,
+    ),
+    Option(
+        "--kernelsourcedir", None, True, "kernel_source_dir", "source-location", path=True,
+        help="the kernel build directory (default $install_tree/<kernel>/build)", actions=_BUILDS,
+    ),
+    Option(
+        "--directive", None, True, "directive", "NAME=value",
+        help="set a dkms.conf variable after the file is read (repeatable)", actions=_CONFS,
+    ),
+    Option(
+        "--no-depmod", None, False, "no_depmod",
+        help="never run depmod", actions=_DEPMOD,
+    ),
+    Option(
+        "--modprobe-on-install", None, False, "modprobe_on_install",
+        help="load the installed modules into the running kernel", actions=("install", "autoinstall"),
+    ),
+    Option("--debug", None, False, "debug", help="trace what dkms does, and tracebacks of internal errors"),
+    Option(
+        None, "-j", True, "jobs", "number",
+        help=(
+            "make jobs for all the builds of this command together (a whole number, 0: no limit; "
+            "default: parallel_jobs in framework.conf, else the number of CPUs)"
+        ),
+        actions=_BUILDS,
+    ),
+    Option("--help", "-h", False, "show_help", help="this help ('dkms ACTION --help': one action's)"),
     # Seed-era options (restored) and our extension; none is a prefix of an option above.
-    Option("--dkmsframework", None, True, "framework_file", "file", seed=True, path=True),
-    Option("--distro", "-d", True, "distro", "distro", seed=True),
-    Option("--release", "-r", True, "release", "release", seed=True),
-    Option("--size", None, True, "size", "KiB", seed=True),
-    Option("--media", None, True, "media", "floppy|iso|tar", seed=True),
-    Option("--spec", None, True, "spec", "file", seed=True),
-    Option("--legacy-postinst", None, True, "legacy_postinst", "0|1", seed=True),
-    Option("--json", None, False, "json", seed=True),
-    Option("--all-kernels", None, False, "all_kernels", seed=True),
-)
+    Option(
+        "--dkmsframework", None, True, "framework_file", "file", seed=True, path=True,
+        help="one more framework file, read after /etc/dkms/framework.conf.d (repeatable)",
+    ),
+    Option("--distro", "-d", True, "distro", "distro", seed=True, help="the distribution", actions=("mkdriverdisk",)),
+    Option(
+        "--release", "-r", True, "release", "release", seed=True,
+        help="the distribution's release", actions=("mkdriverdisk",),
+    ),
+    Option("--size", None, True, "size", "KiB", seed=True, help="the image size", actions=("mkdriverdisk",)),
+    Option("--media", None, True, "media", "floppy|iso|tar", seed=True, help="the image type", actions=("mkdriverdisk",)),
+    Option(
+        "--spec", None, True, "spec", "file", seed=True,
+        help="the spec file, in the module source", actions=("mkkmp", "mkdriverdisk"),
+    ),
+    Option(
+        "--legacy-postinst", None, True, "legacy_postinst", "0|1", seed=True,
+        help="embed a copy of common.postinst in the package", actions=("mkdeb", "mkdsc", "mkrpm"),
+    ),
+    Option(
+        "--json", None, False, "json", seed=True,
+        help="print one JSON document instead of lines (also under -q; see the README)", actions=("status",),
+    ),
+    Option(
+        "--all-kernels", None, False, "all_kernels", seed=True,
+        help="every kernel under the install tree whose headers are installed, instead of -k",
+        actions=ALL_KERNELS_ACTIONS,
+    ),
+)  # fmt: skip
+
+#: what each action takes and does, for ``dkms --help`` and ``dkms ACTION --help``
+ACTION_HELP: dict[str, tuple[str, str]] = {
+    "add": (
+        "module/version | source-dir | path/dkms.conf",
+        "register a module source: $source_tree/<module>-<version>, or a directory copied there",
+    ),
+    "build": (
+        "module/version [-k kernel]...",
+        "build the module for the kernels (adding it first if needed)",
+    ),
+    "install": (
+        "module/version [-k kernel]...",
+        "install the built module into the kernels' module trees (building it first if needed)",
+    ),
+    "uninstall": ("module/version [-k kernel]... | --all", "take the installed module out; it stays built"),
+    "unbuild": ("module/version [-k kernel]... | --all", "uninstall if needed, then delete the build"),
+    "remove": (
+        "module/version [-k kernel]... | --all",
+        "uninstall and unbuild (default: on every kernel it is built for), then unregister it",
+    ),
+    "status": ("[module[/version]] [-k kernel]...", "list the modules and their state, one line each"),
+    "match": (
+        "--templatekernel=kernel [-k kernel] [module]",
+        "install on a kernel what is installed on the template kernel",
+    ),
+    "autoinstall": (
+        "[-k kernel | --all-kernels]",
+        "build and install the latest version of every AUTOINSTALL module for the kernel",
+    ),
+    "kernel_preinst": ("-k kernel", "before a kernel package is installed: remove its AUTOINSTALL modules"),
+    "kernel_postinst": ("-k kernel", "after a kernel package is installed: autoinstall for it"),
+    "kernel_prerm": (
+        "-k kernel",
+        "before a kernel is removed: uninstall and unbuild everything built for it",
+    ),
+    "mktarball": ("module/version", "write a DKMS archive (not implemented yet)"),
+    "ldtarball": ("archive", "load a DKMS archive (not implemented yet)"),
+    "generate_mok": ("", "create the module signing key and certificate if they do not exist"),
+    "sign": (
+        "[module/version] [-k kernel]...",
+        "sign the built modules again with the current key, and their installed copies",
+    ),
+    "mkdeb": ("module/version", "build a Debian package (not implemented yet)"),
+    "mkdsc": ("module/version", "build a Debian source package (not implemented yet)"),
+    "mkbmdeb": ("module/version", "build a binary-module Debian package (not implemented yet)"),
+    "mkrpm": ("module/version", "build an RPM package (not implemented yet)"),
+    "mkkmp": ("module/version", "build a kernel module package (not implemented yet)"),
+    "mkdriverdisk": ("module/version", "build a driver disk (not implemented yet)"),
+}
+
+
+def options_of(action: Optional[str]) -> list[Option]:
+    """The documented options of an action (None: all of them), in table order."""
+    return [
+        o
+        for o in OPTIONS
+        if o.dest != "deprecated" and (action is None or not o.actions or action in o.actions)
+    ]
+
+
+_HELP_COLUMN = 28
+
+
+def _option_lines(options: Sequence[Option], with_actions: bool) -> list[str]:
+    """One entry per option: names and value, then what it does (wrapped, in a column)."""
+    lines: list[str] = []
+    for o in options:
+        names = ", ".join(n for n in (o.short, o.long) if n)
+        head = f"  {names} {o.metavar}" if o.takes_value else f"  {names}"
+        text = o.help
+        if with_actions and o.actions and len(o.actions) <= 5:
+            text += f" [{', '.join(o.actions)}]"
+        if len(head) + 2 > _HELP_COLUMN:
+            lines.append(head)
+            head = ""
+        lines.extend(_wrap_text(head.ljust(_HELP_COLUMN), text))
+    return lines
+
+
+def _wrap_text(head: str, text: str, width: int = 100) -> list[str]:
+    """``text`` after ``head``, wrapped at ``width``; continuation lines indented like the text."""
+    lines: list[str] = []
+    line = head
+    for word in text.split():
+        if len(line) + len(word) > width and line.strip():
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += word + " "
+    lines.append(line.rstrip())
+    return lines
+
+
+def help_text(action: Optional[str] = None, prog: str = "dkms") -> str:
+    """``dkms --help`` (every action and option), or ``dkms ACTION --help`` (that action's)."""
+    if action is None or action not in ACTION_HELP:
+        lines = [
+            f"Usage: {prog} ACTION [options] [module[/version]] [source-dir | path/dkms.conf] [archive]",
+            "",
+            "Actions:",
+        ]
+        width = max(len(a) for a in ACTIONS) + 4
+        for a in ACTIONS:
+            lines.extend(_wrap_text(f"  {a}".ljust(width), ACTION_HELP[a][1]))
+        lines += ["", "Options (the actions that use them in brackets, when they are few):"]
+        lines += _option_lines(options_of(None), with_actions=True)
+        lines += ["", f"'{prog} ACTION --help' shows one action's arguments and options."]
+        return "\n".join(lines)
+    args, what = ACTION_HELP[action]
+    lines = [
+        f"Usage: {prog} {action} [options] {args}".rstrip(),
+        *_wrap_text("", f"{what[0].upper()}{what[1:]}."),
+    ]
+    lines += ["", "Options:", *_option_lines(options_of(action), with_actions=False)]
+    return "\n".join(lines)
 
 
 def match_option(token: str) -> Optional[Option]:

@@ -247,3 +247,32 @@ def test_an_unexpected_system_error_names_the_operation_and_the_path(scratch: Sc
     r = scratch.dkms("build", "hello/1.0", "-k", kernel)
     assert r.rc == 1, r
     assert r.err == f"Error! Could not create the directory {in_the_way}: file exists.\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9: help, and -q with --json
+
+
+def test_help_of_one_action(bare_scratch: Scratch) -> None:
+    r = bare_scratch.dkms("build", "--help", trees=False)
+    assert (r.rc, r.err) == (0, ""), r
+    lines = r.lines
+    assert (
+        lines[0].startswith("pydkms ")
+        and lines[1] == "Usage: dkms build [options] module/version [-k kernel]..."
+    )
+    assert any(line.startswith("  -j number ") for line in lines)
+    assert not any(line.startswith("  --json") for line in lines)  # a status option
+    r = bare_scratch.dkms("--help", trees=False)
+    assert r.rc == 0 and "  autoinstall " in r.out and "  --all-kernels " in r.out
+
+
+def test_quiet_status_still_prints_the_json_it_was_asked_for(bare_scratch: Scratch) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    s.ok("add", "hello/1.0")
+    for argv in (["status", "-q", "--json"], ["-q", "status", "--json"], ["status", "--json", "-q"]):
+        r = s.dkms(*argv)
+        assert (r.rc, r.err) == (0, ""), r
+        assert [e["module"] for e in json.loads(r.out)["entries"]] == ["hello"]
+    assert s.ok("status", "-q").out == ""  # the lines are human text: -q hides them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,12 +12,15 @@ import pytest
 
 from pydkms.cliargs import (
     ACTIONS,
+    ALL_KERNELS_ACTIONS,
     OPTIONS,
     CommandLineError,
     Invocation,
     Notice,
+    help_text,
     match_option,
     normalise_value,
+    options_of,
     pair_kernels_arches,
     parse_args,
     prescan_framework_files,
@@ -1295,3 +1299,43 @@ def test_all_kernels_conflicts(argv: list[str], code: int) -> None:
     with pytest.raises(CommandLineError) as info:
         parse_args(argv)
     assert info.value.code == code
+
+
+def test_help_lists_every_action_and_option_with_what_it_does() -> None:
+    text = help_text()
+    for action in ACTIONS:
+        assert re.search(rf"^  {action} +\S", text, re.M), action
+    for opt in OPTIONS:
+        if opt.dest != "deprecated":
+            assert opt.help, opt
+            names = ", ".join(n for n in (opt.short, opt.long) if n)
+            assert re.search(rf"^  {re.escape(names)}( |$)", text, re.M), names
+    assert "--no-initrd" not in text
+    assert all(len(line) <= 100 for line in text.splitlines())
+    flat = " ".join(text.split())
+    assert (
+        "-j number make jobs for all the builds of this command together (a whole number, 0: no limit;"
+        in flat
+    )
+    assert "--json print one JSON document instead of lines (also under -q" in flat
+    assert (
+        "--all-kernels every kernel under the install tree whose headers are installed, instead of -k" in flat
+    )
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_help_of_one_action_lists_its_options(action: str) -> None:
+    text = help_text(action)
+    assert text.startswith(f"Usage: dkms {action} [options]")
+    listed = {line.split()[0].rstrip(",") for line in text.splitlines() if line.startswith("  -")}
+    expected = {(o.short or o.long) for o in options_of(action)}
+    assert listed == expected
+    assert "--json" in listed if action == "status" else "--json" not in listed
+    assert ("-j" in listed) is (action in ("build", "install", "autoinstall", "kernel_postinst", "match"))
+    assert ("--all-kernels" in listed) is (action in ALL_KERNELS_ACTIONS)
+    assert ("--templatekernel" in listed) is (action == "match")
+
+
+def test_help_is_shown_for_the_action_before_it(in_tmp: Path) -> None:
+    assert parse_args(["build", "--help"]).action == "build"
+    assert parse_args(["--help", "build"]).action is None  # later tokens are not examined
