@@ -57,15 +57,40 @@ def prepare_kernel(session: Session, kernel: Kernel) -> None:
         _prepare(session, kernel)
 
 
+def kernels_with_headers(install_tree: Path) -> List[str]:
+    """The kernels under ``install_tree`` whose headers are installed, oldest first."""
+    try:
+        names = [n for n in os.listdir(install_tree) if not n.startswith(".")]
+    except OSError:
+        return []
+    return sorted(
+        (n for n in names if (install_tree / n / "build" / "include").is_dir()), key=version_sort_key
+    )
+
+
 def missing_headers(session: Session, kernel: Kernel) -> DkmsError:
-    """The error (21) for a kernel whose headers are not installed."""
+    """The error (21) for a kernel whose headers are not installed, naming the kernels that have them."""
     it = session.settings.install_tree
+    if session.options.kernel_source_dir is not None:
+        return DkmsError(
+            21,
+            f"The kernel build directory {kernel.source_dir} given with --kernelsourcedir has no "
+            f"include/ directory: it holds no kernel headers (for kernel {kernel.release}).",
+            hint="Point --kernelsourcedir at the build directory of the kernel's headers.",
+        )
+    others = [k for k in kernels_with_headers(it) if k != kernel.release]
+    if others:
+        also = (
+            f"These kernels have their headers installed: {', '.join(others)}; choose one with -k <kernel>."
+        )
+    else:
+        also = f"No kernel under {it} has its headers installed."
     return DkmsError(
         21,
         f"Your kernel headers for kernel {kernel.release} cannot be found at "
         f"{it}/{kernel.release}/build or {it}/{kernel.release}/source.",
         hint=f"Install the linux-headers-{kernel.release} package, or point --kernelsourcedir at the "
-        "kernel build directory.",
+        f"kernel build directory.\n{also}",
     )
 
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from pydkms.version import version_sort_key
 from tests.conftest import EXAMPLES, Result, Scratch
 from tests.support.upstream import isolation_unavailable, run_isolated
 
@@ -276,3 +277,32 @@ def test_quiet_status_still_prints_the_json_it_was_asked_for(bare_scratch: Scrat
         assert (r.rc, r.err) == (0, ""), r
         assert [e["module"] for e in json.loads(r.out)["entries"]] == ["hello"]
     assert s.ok("status", "-q").out == ""  # the lines are human text: -q hides them
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9: missing headers
+
+
+def test_missing_headers_names_the_kernels_that_have_them(scratch: Scratch, kernels: List[str]) -> None:
+    scratch.add_source("hello")
+    (scratch.install_tree / "6.1.0-0-nohdr").mkdir()  # a kernel without headers
+    r = scratch.dkms("build", "hello/1.0", "-k", "6.1.0-0-nohdr")
+    assert r.rc == 21, r
+    have = ", ".join(sorted(kernels[:2], key=version_sort_key))  # oldest first
+    assert r.err.endswith(
+        "Install the linux-headers-6.1.0-0-nohdr package, or point --kernelsourcedir at the kernel build "
+        f"directory.\nThese kernels have their headers installed: {have}; choose one with -k <kernel>.\n"
+    ), r
+
+
+def test_missing_headers_without_any_and_with_kernelsourcedir(bare_scratch: Scratch, tmp_path: Path) -> None:
+    s = bare_scratch
+    s.add_source("hello")
+    r = s.dkms("build", "hello/1.0", "-k", "6.1.0-0-nohdr")
+    assert r.rc == 21 and r.err.endswith(f"No kernel under {s.install_tree} has its headers installed.\n"), r
+    r = s.dkms("build", "hello/1.0", "-k", "6.1.0-0-nohdr", "--kernelsourcedir", str(tmp_path))
+    assert r.rc == 21, r
+    assert (
+        f"The kernel build directory {tmp_path} given with --kernelsourcedir has no include/ directory"
+        in r.err
+    )
