@@ -133,6 +133,8 @@ def describe_os_error(exc: OSError) -> str:
 
 def describe(exc: BaseException) -> str:
     """What an unexpected exception means, for a message (no traceback)."""
+    if isinstance(exc, DkmsError):
+        return exc.message
     if isinstance(exc, OSError):
         return describe_os_error(exc)
     if isinstance(exc, RecursionError):

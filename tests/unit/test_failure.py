@@ -82,3 +82,4 @@ def test_contained_names_the_module_and_keeps_dkms_errors() -> None:
     assert error.hint == "(run with --debug for a traceback)"
     own = DkmsError(8, "invalid")
     assert contained(own, "foo/1.0") is own
+    assert describe(own) == "invalid"
