@@ -828,11 +828,13 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     """Parse the command line (without the program name) into an :class:`Invocation`.
 
     Raises :class:`CommandLineError` (a :class:`~pydkms.errors.UsageError`) with the exit code of
-    the spec: unknown option 2, second action 4 (both when reached), missing ``--dkmsframework``
-    file 2 (when reached); then, unless ``-h``/``-V`` stopped the pass: ``--all`` banned 5 (add,
-    build, install, autoinstall, match, kernel_*), ``--binaries-only``+``--source-only`` 8, arch
-    count 1, ``--all``+kernel 2, ``--all``+arch 3, kernel_* without exactly one ``-k`` 4, and
-    finally no action 4.
+    the spec: unknown option 2, second action 4, an option value that starts with ``-`` or a
+    ``-j`` that is no job count 2, missing ``--dkmsframework`` file 2 (all when reached); then,
+    unless ``-h``/``-V`` stopped the pass: ``--all`` banned 5 (add, build, install, autoinstall,
+    match, kernel_*), ``--binaries-only``+``--source-only`` 8, arch count 1, ``--all``+kernel 2,
+    ``--all``+arch 3, kernel_* without exactly one ``-k`` 4, then no action: an unknown action 2
+    (a bare word that is no m/v and no path) or else 4; last, for every action but status, an
+    argument nothing uses 2.
     """
     parser = _Parser()
     parser.run(argv)
