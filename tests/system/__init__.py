@@ -1,0 +1,1 @@
+"""Tests that run in a debootstrapped Debian chroot (marker ``system``)."""
