@@ -8,6 +8,7 @@ computes (records, make command, patches, exclusion) and validates them (§5).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -531,7 +532,10 @@ class ConfReader:
             ):
                 candidate = make[i]
         if not candidate:
-            candidate = f"make -C {kernel.source_dir} M={self.base_context['dkms_tree']}/{m}/{v}/build"
+            # bash runs it: the paths dkms puts in are quoted (a tree path with a blank, a module
+            # name with a ';'); a MAKE of the dkms.conf is the author's shell code, as upstream
+            build = f"{self.base_context['dkms_tree']}/{m}/{v}/build"
+            candidate = f"make -C {shlex.quote(str(kernel.source_dir))} M={shlex.quote(build)}"
         if kernel.needs_llvm():
             candidate += " LLVM=1"
         return candidate

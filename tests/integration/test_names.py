@@ -11,6 +11,7 @@ that the installed state is intact.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -227,3 +228,48 @@ def test_invalid_names_in_the_dkms_tree_are_skipped_and_reported(scratch: Scratc
     assert r.err.splitlines() == warnings[2:] and not ko.exists(), str(r)
     assert not (vdir / kernel / ARCH).exists()
     assert (vdir / hostile).is_dir() and (vdir / kernel / "x 86").is_dir()
+
+
+# ---- quoting: values dkms puts into shell command lines -------------------------------------------
+@pytest.fixture
+def hostile_scratch(tmp_path: Path, kernel: str) -> Scratch:
+    """A scratch tree whose every path contains a shell command (legal in a directory name)."""
+    s = Scratch(tmp_path / "root;touch PWNED;x")
+    for d in (s.dkms_tree, s.source_tree, s.install_tree, s.etc):
+        d.mkdir(parents=True)
+    s.prepare_kernel(kernel)
+    return s
+
+
+def test_default_make_and_build_scripts_quote_the_paths(hostile_scratch: Scratch, kernel: str) -> None:
+    """Kbuild itself cannot build in such a directory; what matters is what bash was given."""
+    s = hostile_scratch
+    log = s.root / "hooks.log"
+    s.add_source("hooks")
+    s.dkms("build", "hooks/1.0", "-k", kernel, env={"HOOKS_LOG": str(log)})
+    build = s.dkms_tree / "hooks" / "1.0" / "build"
+    assert log.read_text().splitlines()[1].startswith(f"PRE_BUILD cwd={build} ")  # the `cd` worked
+    make_log = (build / "make.log").read_text()
+    commands = [
+        line[len("# command: ") :] for line in make_log.splitlines() if line.startswith("# command: ")
+    ]
+    assert len(commands) == 2 and shlex.split(commands[1]) == [
+        "make",
+        f"-j{os.cpu_count()}",
+        f"KERNELRELEASE={kernel}",
+        "-C",
+        f"{s.install_tree}/{kernel}/build",
+        f"M={build}",
+    ]
+    assert shlex.split(commands[0]) == ["cd", f"{build}/", "&&", f"{build}/scripts/pre_build.sh", "arg1"]
+    assert pwned(s.root.parent) == []
+
+
+def test_patch_names_are_quoted(scratch: Scratch, kernel: str) -> None:
+    src = scratch.add_source("patched")
+    (src / "patches" / "fix.patch").rename(src / "patches" / "a;touch PWNED;b.patch")
+    conf = src / "dkms.conf"
+    conf.write_text(conf.read_text().replace('PATCH[0]="fix.patch"', "PATCH[0]='a;touch PWNED;b.patch'"))
+    r = scratch.dkms("build", "patched/1.0", "-k", kernel)
+    assert r.rc == 0, str(r)
+    assert pwned(scratch.root) == []
