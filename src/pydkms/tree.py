@@ -5,8 +5,9 @@ This is the only module that knows where things live under ``$dkms_tree``, ``$so
 modification: a path that vanishes between two checks counts as absent.
 
 Names never lead out of the trees (:mod:`pydkms.names`): a path method given an invalid module,
-version, kernel or arch raises DkmsError, a predicate answers "no", and the listings skip a
-directory whose name is invalid, reporting its path through ``report``.
+version, kernel or arch raises DkmsError, a predicate answers "no", a listing of an invalid
+module or version is empty, and the listings skip a directory whose name is invalid, reporting
+its path through ``report``.
 """
 
 from __future__ import annotations
@@ -244,6 +245,8 @@ class Tree:
         return names
 
     def versions(self, m: str, pattern: Optional[str] = None) -> List[str]:
+        if name_problem(m) is not None:
+            return []
         mdir = self.module_dir(m)
         names = [
             n
@@ -269,6 +272,8 @@ class Tree:
         self, m: str, v: str, k_pattern: Optional[str] = None, a_pattern: Optional[str] = None
     ) -> List[Target]:
         """Every built (K, A) of m/v in byte order of K then A [fix D-21]."""
+        if not _valid_mv(m, v):
+            return []
         vdir = str(self.version_dir(m, v))
         out: List[Target] = []
         for k in _sorted_bytes(_listdir(vdir)):
@@ -304,6 +309,8 @@ class Tree:
 
     def kernel_entries(self, m: str, v: str) -> List[str]:
         """Names of every non-reserved directory under $dkms_tree/m/v (hidden ones excluded)."""
+        if not _valid_mv(m, v):
+            return []
         vdir = self.version_dir(m, v)
         return [
             n
