@@ -60,8 +60,10 @@ def printable(value: str) -> str:
             out.append(f"\\x{o - 0xDC00:02x}")
         elif o < 0x100:
             out.append(f"\\x{o:02x}")
-        else:
+        elif o < 0x10000:
             out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
     return "".join(out)
 
 

@@ -112,6 +112,7 @@ def test_printable() -> None:
     assert printable("b\udce9d") == "b\\xe9d"
     assert printable("é") == "é"
     assert printable("\u2028") == "\\u2028"
+    assert printable("\U000e0001") == "\\U000e0001"
 
 
 @given(st.text(alphabet=sorted(KERNEL_NAME_CHARS), min_size=1, max_size=80))
