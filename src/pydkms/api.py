@@ -17,6 +17,7 @@ from typing import Callable, ContextManager, List, Optional, Sequence, Tuple
 from . import builder, installer, runner
 from .errors import DkmsError
 from .installed import installed_file_missing
+from .names import check_module_name, check_module_version, check_target
 from .scripts import logged_step, run_script
 from .session import Session
 from .tree import Target
@@ -55,12 +56,24 @@ def _aggregate_targets(session: Session, targets: Sequence[Target], codes: Seque
 
 # ---- checks shared by actions (cli.md §6) ------------------------------------------------------
 def require_mv(m: Optional[str], v: Optional[str], action: str) -> None:
+    """Module and version must both be given (exit 1) and be valid names (exit 3)."""
     if not m or not v:
         raise DkmsError(
             1,
             f"Invalid number of arguments passed: '{action}' needs a module and a version.",
             hint=f"Usage: dkms {action} <module>/<module-version> or -m <module> -v <module-version>",
         )
+    check_module_version(m, v)
+
+
+def check_request(m: str, v: str, targets: Sequence[Target]) -> None:
+    """The names of a request, before any path is built from them: m/v (exit 3), K/A (16 if empty, else 2)."""
+    check_module_name(m, "module name")
+    check_module_name(v, "module version")
+    for t in targets:
+        if not t.kernel or not t.arch:
+            raise DkmsError(16, "Empty kernel version or architecture.")
+        check_target(t.kernel, t.arch)
 
 
 def check_not_broken(session: Session, m: str, v: str) -> None:
@@ -102,6 +115,7 @@ def add(
     archive: Optional[Path] = None,
 ) -> Tuple[str, str]:
     """``dkms add`` (cli.md §8.1); returns the module and version added. Raises DkmsError."""
+    check_module_version(m, v)
     created: Optional[Path] = None
     try:
         if archive is not None and not m and not v:
@@ -292,6 +306,7 @@ def build_one(session: Session, m: str, v: str, t: Target) -> int:
 
 def build(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
     """``dkms build``: every target; several targets are built at the same time (planner)."""
+    check_request(m, v, targets)
     if len(targets) < 2:
         return _each_target(session, targets, lambda t: build_one(session, m, v, t))
     return _run_plan(session, m, v, targets, lambda s, t, _lock: build_one(s, m, v, t))
@@ -326,6 +341,7 @@ def install_one(session: Session, m: str, v: str, t: Target, commit: ContextMana
 
 def install(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
     """``dkms install``: every target (built concurrently when several), post_transaction on success."""
+    check_request(m, v, targets)
     if len(targets) < 2:
         status = _each_target(session, targets, lambda t: install_one(session, m, v, t, nullcontext()))
     else:
@@ -441,6 +457,9 @@ def _not_installed(session: Session, m: str, v: str, t: Target) -> int:
 
 
 def uninstall(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    """``dkms uninstall`` on every target (post_transaction on success)."""
+    check_request(m, v, targets)
+
     def one(t: Target) -> int:
         if not session.tree.is_installed(m, v, t.kernel, t.arch):
             return _not_installed(session, m, v, t)
@@ -468,6 +487,8 @@ def _unbuild_one(session: Session, m: str, v: str, t: Target) -> int:
 
 
 def unbuild(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
+    """``dkms unbuild`` on every target (post_transaction on success)."""
+    check_request(m, v, targets)
     status = _each_target(session, targets, lambda t: _unbuild_one(session, m, v, t))
     if status == 0:
         run_post_transaction(session, targets)
@@ -476,6 +497,7 @@ def unbuild(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
 
 def remove(session: Session, m: str, v: str, targets: Sequence[Target]) -> int:
     """build-install.md §7 (remove)."""
+    check_request(m, v, targets)
     tree = session.tree
     vdir = tree.version_dir(m, v)
     for staging in vdir.glob("*/.tmp_*"):

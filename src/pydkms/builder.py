@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -30,8 +31,8 @@ def make_command_line(conf: ModuleConf, jobs: str) -> str:
     """Replace a leading ``make`` by ``make -j<N> KERNELRELEASE=<K>`` (dkms-conf.md §7)."""
     cmd = conf.make_command
     if cmd.startswith("make"):
-        n = "" if jobs == "0" else jobs
-        return f"make -j{n} KERNELRELEASE={conf.kernel}" + cmd[4:]
+        n = "" if jobs == "0" else shlex.quote(jobs)
+        return f"make -j{n} KERNELRELEASE={shlex.quote(conf.kernel)}" + cmd[4:]
     return cmd
 
 
@@ -196,7 +197,12 @@ def build(session: Session, m: str, v: str, target: Target, *, replace: bool = F
                 f"Patch {p} as specified in dkms.conf cannot be found in {build_dir}/patches/.",
             )
         status = logged_step(
-            console, f"Applying patch {p}", f"patch -p1 < ./patches/{p}", log=log, cwd=build_dir, env=env
+            console,
+            f"Applying patch {p}",
+            f"patch -p1 < {shlex.quote(f'./patches/{p}')}",
+            log=log,
+            cwd=build_dir,
+            env=env,
         )
         if status:
             raise _report_problem(
@@ -213,7 +219,9 @@ def build(session: Session, m: str, v: str, target: Target, *, replace: bool = F
     if session.private_build:
         # MAKE commands name build/ (the default one does: M=$dkms_tree/m/v/build); this
         # concurrent build has its own directory instead
-        command = command.replace(str(tree.build_dir(m, v)), str(build_dir))
+        shared = str(tree.build_dir(m, v))
+        command = command.replace(shlex.quote(shared), shlex.quote(str(build_dir)))
+        command = command.replace(shared, str(build_dir))
     status = logged_step(console, "Building module(s)", command, log=log, cwd=build_dir, env=env)
     if status:
         raise _report_problem(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import DkmsError, UsageError
+from .names import check_kernel_name
 
 # --------------------------------------------------------------------------------------------
 # Actions
@@ -881,7 +882,9 @@ def resolve_targets(
 
     ``--all`` → ``built_targets()`` (already ordered by the caller; may be empty). No ``-k`` →
     ``[default_kernel()]``. No arch → ``default_arch(first kernel)``, broadcast to every kernel
-    (an empty result → exit 12). Then any empty kernel or arch entry → exit 16.
+    (an empty result → exit 12). Then any empty kernel or arch entry → exit 16. A kernel or arch
+    that cannot be a directory name of the trees (:mod:`pydkms.names`) → exit 2; kernels are
+    checked before the default arch is looked up under ``$install_tree/<first kernel>``.
     """
     if inv.action == "status":
         raise ValueError("status performs no kernel/arch defaulting; use pair_kernels_arches()")
@@ -897,6 +900,9 @@ def resolve_targets(
             return []
     if not kernels:
         kernels = [default_kernel()]
+    for kernel in kernels:
+        if kernel:
+            check_kernel_name(kernel, "kernel version")
     if not arches:
         arch = default_arch(kernels[0])
         if not arch:
@@ -908,4 +914,5 @@ def resolve_targets(
     for index, arch in enumerate(arches):
         if not arch:
             raise UsageError(16, f"Empty architecture (entry {index + 1} of the arch list).")
+        check_kernel_name(arch, "architecture")
     return [(k, a) for k, a in pair_kernels_arches(kernels, arches) if a is not None]

@@ -7,9 +7,11 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import runner
+from .names import check_target, kernel_name_problem, printable
+from .version import version_sort_key
 
 _COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst")
 #: endings of a module file: plain or compressed
@@ -35,7 +37,8 @@ class Kernel:
         kernel_source_dir: Optional[Path] = None,
         kernel_config: Optional[Path] = None,
     ) -> Kernel:
-        """Apply the defaults of spec/build-install.md §2.1."""
+        """Apply the defaults of spec/build-install.md §2.1; an invalid release or arch raises DkmsError(2)."""
+        check_target(release, arch)
         ksrc = kernel_source_dir if kernel_source_dir is not None else install_tree / release / "build"
         if kernel_config is None:
             auto = ksrc / "include" / "config" / "auto.conf"
@@ -111,6 +114,31 @@ class Kernel:
             proc = runner.run(["readelf", "-p", ".comment", str(vmlinux)])
             return b"clang" in proc.stdout
         return self.config_value("CONFIG_CC_IS_CLANG") == "y"
+
+
+def installed_releases(install_tree: Path, report: Optional[Callable[[str], None]] = None) -> List[str]:
+    """The kernel directories under the install tree, in version order (``--all-kernels``).
+
+    A directory whose name cannot be a kernel version (``6.1.0;id``, ``..``) is skipped and
+    reported through ``report``; hidden ones are skipped silently.
+    """
+    try:
+        names = os.listdir(install_tree)
+    except OSError:
+        return []
+    out: List[str] = []
+    for name in names:
+        if name.startswith(".") or not (install_tree / name).is_dir():
+            continue
+        problem = kernel_name_problem(name)
+        if problem is not None:
+            if report is not None:
+                report(
+                    f"{printable(str(install_tree / name))}: skipped, not a valid kernel version ({problem})."
+                )
+            continue
+        out.append(name)
+    return sorted(out, key=version_sort_key)
 
 
 _suffix_cache: Dict[Tuple[str, str], str] = {}

@@ -8,6 +8,7 @@ computes (records, make command, patches, exclusion) and validates them (§5).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .distro import Distro
 from .errors import ConfError, DkmsError
 from .framework import directive_injections
 from .kernel import Kernel
+from .names import name_problem, printable
 from .posixre import ere_search
 from .version import obsolete_key, ver
 
@@ -91,11 +93,6 @@ def _elements(values: Mapping[str, Mapping[int, str]], name: str) -> List[str]:
     """Elements of an array in index order (bash ``"${X[@]}"``)."""
     arr = values.get(name, {})
     return [arr[i] for i in sorted(arr)]
-
-
-def _plain_name(value: str) -> bool:
-    """Usable as one path component: no '/', no line break, not '.' or '..'."""
-    return value not in (".", "..") and not any(c in value for c in "/\n\r")
 
 
 #: More module records than any package has; beyond it the arrays are refused, not expanded.
@@ -331,9 +328,10 @@ class ConfReader:
             problem("PACKAGE_VERSION is not set or empty.", "PACKAGE_VERSION")
         # they name directories of the trees: no way out of them [pydkms]
         for directive, value in (("PACKAGE_NAME", name), ("PACKAGE_VERSION", version)):
-            if value and not _plain_name(value):
+            why = name_problem(value) if value else None
+            if why is not None:
                 problem(
-                    f"{directive}='{value}' must be a plain name: no '/', no line break, not '.' or '..'.",
+                    f"{directive}='{printable(value)}' cannot name a directory of the trees: {why}.",
                     directive,
                 )
 
@@ -386,9 +384,10 @@ class ConfReader:
                 )
             # file and directory names that must stay inside the build dir and $install_tree/K [pydkms]
             for directive, value in (("BUILT_MODULE_NAME", built_name), ("DEST_MODULE_NAME", dest_name)):
-                if value and not _plain_name(value) and i in values.get(directive, {}):
+                why = name_problem(value) if value and i in values.get(directive, {}) else None
+                if why is not None:
                     problem(
-                        f"record #{i}: {directive}[{i}]='{value}' must be a file name: no '/', not '.' or '..'.",
+                        f"record #{i}: {directive}[{i}]='{printable(value)}' must be a file name: {why}.",
                         directive,
                         i,
                     )
@@ -533,7 +532,10 @@ class ConfReader:
             ):
                 candidate = make[i]
         if not candidate:
-            candidate = f"make -C {kernel.source_dir} M={self.base_context['dkms_tree']}/{m}/{v}/build"
+            # bash runs it: the paths dkms puts in are quoted (a tree path with a blank, a module
+            # name with a ';'); a MAKE of the dkms.conf is the author's shell code, as upstream
+            build = f"{self.base_context['dkms_tree']}/{m}/{v}/build"
+            candidate = f"make -C {shlex.quote(str(kernel.source_dir))} M={shlex.quote(build)}"
         if kernel.needs_llvm():
             candidate += " LLVM=1"
         return candidate

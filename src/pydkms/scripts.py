@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -70,7 +71,12 @@ def run_script(
         return 0
     if kind in BUILD_SCRIPTS and log is not None:
         return logged_step(
-            console, f"Running the {kind} script", f"cd {base}/ && {base}/{value}", log=log, cwd=base, env=env
+            console,
+            f"Running the {kind} script",
+            f"cd {shlex.quote(f'{base}/')} && {shlex.quote(str(base))}/{value}",
+            log=log,
+            cwd=base,
+            env=env,
         )
     console.info(f"Running the {kind} script:")
     env = {**env, "PWD": str(base)}  # the logical directory, as after upstream's `cd`

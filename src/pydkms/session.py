@@ -55,6 +55,8 @@ class Session:
     _prepared: Set[Tuple[str, str]] = field(default_factory=set)
     _confs: Optional[ConfReader] = None
     _announced_directives: bool = False
+    #: the skipped invalid names already reported (shared by the copies the planner makes)
+    _reported_names: Set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.distro is None:
@@ -77,7 +79,13 @@ class Session:
     @property
     def tree(self) -> Tree:
         s = self.settings
-        return Tree(s.dkms_tree, s.source_tree, s.install_tree)
+        return Tree(s.dkms_tree, s.source_tree, s.install_tree, report=self.report_skipped)
+
+    def report_skipped(self, text: str) -> None:
+        """A directory of the trees skipped because its name is invalid: one warning per invocation."""
+        if text not in self._reported_names:
+            self._reported_names.add(text)
+            self.console.warn(text)
 
     @property
     def addon_modules_dir(self) -> str:

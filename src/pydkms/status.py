@@ -26,6 +26,7 @@ from .installed import locate_installed, read_fingerprint, same_contents, stat_t
 from .kernel import built_module_files, compressed_or_uncompressed, module_suffix
 from .modinfo import SignatureInfo, signature_info
 from .moduleconf import ModuleConf
+from .names import check_kernel_pattern, check_module_version
 from .session import Session
 from .tree import Target, Tree
 
@@ -192,7 +193,13 @@ class StatusReader:
         v_pattern: Optional[str],
         passes: Sequence[Tuple[Optional[str], Optional[str]]],
     ) -> List[List[StatusEntry]]:
-        """One list of entries per kernel pass (status.md §3)."""
+        """One list of entries per kernel pass (status.md §3); invalid filters raise DkmsError (3, 2)."""
+        check_module_version(m_pattern, v_pattern)
+        for k_pattern, a_pattern in passes:
+            if k_pattern:
+                check_kernel_pattern(k_pattern, "kernel version")
+            if a_pattern:
+                check_kernel_pattern(a_pattern, "architecture")
         pairs = list(self.tree.module_versions(m_pattern or None, v_pattern or None))
         out: List[List[StatusEntry]] = []
         failed: Dict[Tuple[str, str], StatusEntry] = {}

@@ -18,12 +18,14 @@ from . import api, builder, installer, runner
 from .cliargs import Invocation, resolve_targets
 from .errors import DkmsError
 from .failure import contained
+from .kernel import installed_releases
 from .moduleconf import ModuleConf
+from .names import check_kernel_name, check_module_name
 from .output import Console, join_words
 from .planner import UNRESOLVED, Executor, Job, Outcome
 from .session import Session
 from .tree import Target
-from .version import ver_greater, version_sort_key
+from .version import ver_greater
 
 
 def run_action(session: Session, inv: Invocation) -> int:
@@ -60,13 +62,9 @@ def kernels_with_headers(session: Session) -> List[Target]:
     """``--all-kernels``: every kernel under the install tree whose headers are installed."""
     from .cli import default_arch_for
 
-    root = session.settings.install_tree
-    try:
-        names = [n for n in os.listdir(root) if not n.startswith(".") and (root / n).is_dir()]
-    except OSError:
-        return []
+    names = installed_releases(session.settings.install_tree, session.report_skipped)
     arch = default_arch_for(session)
-    targets = [Target(k, arch(k)) for k in sorted(names, key=version_sort_key)]
+    targets = [Target(k, arch(k)) for k in names]
     return [t for t in targets if session.kernel(t.kernel, t.arch).headers_present()]
 
 
@@ -329,8 +327,11 @@ def match(session: Session, template: str, t: Target, module: Optional[str]) -> 
     tree = session.tree
     if not template:
         raise DkmsError(1, "The match action needs a template kernel: --templatekernel=<kernel>.")
+    check_kernel_name(template, "template kernel version")
     if template == t.kernel:
         raise DkmsError(2, f"The template kernel and the target kernel are the same ({template}).")
+    if module:
+        check_module_name(module, "module name")
     if module and not tree.module_dir(module).is_dir():
         raise DkmsError(3, f"The module {module} is not located in the DKMS tree.")
     entries = [

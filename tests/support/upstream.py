@@ -274,19 +274,26 @@ def isolation_unavailable() -> Optional[str]:
     return _isolation_problem
 
 
-def _private_dir_script(path: Path, source: Optional[Path], state: Path, tag: str) -> str:
+def _private_dir_script(
+    path: Path, source: Optional[Path], state: Path, tag: str, *, read_only: bool = False
+) -> str:
     """Shell lines that make ``path`` a private directory: ``source`` bound there, else empty tmpfs.
 
     If ``path`` does not exist on the host, its parent is covered by an overlay whose upper
     layer is a tmpfs, so the directory can be created without touching the host.
+    ``read_only``: instead, the host's ``path`` itself (or that new empty one) becomes a
+    read-only bind mount of itself, so any write to it fails.
     """
     q = shlex.quote
     p = q(str(path))
     ov = q(str(state / f"overlay-{tag}"))
     parent = q(str(path.parent))
-    mount = (
-        f"mount --bind {q(str(source))} {p}" if source else f"mount -t tmpfs -o mode=0755 pydkms-{tag} {p}"
-    )
+    if read_only:
+        mount = f"mount --bind {p} {p} && mount -o remount,ro,bind {p}"
+    elif source:
+        mount = f"mount --bind {q(str(source))} {p}"
+    else:
+        mount = f"mount -t tmpfs -o mode=0755 pydkms-{tag} {p}"
     return (
         f"if [ ! -d {p} ]; then\n"
         f"  mkdir -p {ov} && mount -t tmpfs pydkms-ov-{tag} {ov} && mkdir {ov}/upper {ov}/work\n"
@@ -333,6 +340,7 @@ def run_isolated(
     etc_dkms: Optional[Path] = None,
     usr_src: Optional[Path] = None,
     setup: Optional[str] = None,
+    read_only_system: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` in a private mount namespace that hides the host's dkms state.
 
@@ -350,6 +358,10 @@ def run_isolated(
       there (``dkms add`` from a path without ``--sourcetree``) goes to ``usr_src/upper`` if
       given (kept across calls), else to a throw-away tmpfs.
     * ``setup`` (sh code) runs after the mounts and before ``argv``.
+    * ``read_only_system``: instead of all that, the host's real ``/lib/modules``, ``/var/lib/dkms``,
+      ``/etc/dkms`` and ``/usr/src`` are read-only bind mounts of themselves (a missing one is an
+      empty read-only directory on a tmpfs overlay of its parent): ``argv`` sees the real system
+      and cannot change it (``lib_modules``, ``var_lib_dkms``, ``etc_dkms``, ``usr_src`` are ignored).
 
     Together ``lib_modules``, ``var_lib_dkms`` and ``usr_src`` allow running with upstream's
     default paths (no ``--dkmstree``/``--sourcetree``/``--installtree``) with persistent state.
@@ -374,14 +386,19 @@ def run_isolated(
     state = Path(tempfile.mkdtemp(prefix="pydkms-isolated-"))
     try:
         script = ["set -eu"]
-        script.append(_private_dir_script(LIB_MODULES, lib_modules, state, "lib-modules"))
-        if lib_modules is None:
-            for kver, name, target in _kernel_links():
-                script.append(f"mkdir -p {q(str(LIB_MODULES / kver))}")
-                script.append(f"ln -s {q(target)} {q(str(LIB_MODULES / kver / name))}")
-        script.append(_private_dir_script(VAR_LIB_DKMS, var_lib_dkms, state, "var-lib-dkms"))
-        script.append(_private_dir_script(ETC_DKMS, etc_dkms, state, "etc-dkms"))
-        script.append(overlay_script(USR_SRC, usr_src, state, "usr-src"))
+        if read_only_system:
+            for path in (LIB_MODULES, VAR_LIB_DKMS, ETC_DKMS, USR_SRC):
+                tag = str(path).strip("/").replace("/", "-")
+                script.append(_private_dir_script(path, None, state, tag, read_only=True))
+        else:
+            script.append(_private_dir_script(LIB_MODULES, lib_modules, state, "lib-modules"))
+            if lib_modules is None:
+                for kver, name, target in _kernel_links():
+                    script.append(f"mkdir -p {q(str(LIB_MODULES / kver))}")
+                    script.append(f"ln -s {q(target)} {q(str(LIB_MODULES / kver / name))}")
+            script.append(_private_dir_script(VAR_LIB_DKMS, var_lib_dkms, state, "var-lib-dkms"))
+            script.append(_private_dir_script(ETC_DKMS, etc_dkms, state, "etc-dkms"))
+            script.append(overlay_script(USR_SRC, usr_src, state, "usr-src"))
         if setup:
             script.append(setup)
         script.append(f"cd {q(str(cwd))}" if cwd is not None else f"cd {q(os.getcwd())}")
