@@ -592,58 +592,71 @@ def _family(inputs: FailureInputs) -> _distro.Distro:
         return _distro.Distro("")
 
 
+@dataclass(frozen=True)
+class _Packaging:
+    """How one distribution family installs packages and finds which package ships a file."""
+
+    families: Tuple[str, ...]
+    install: str  # "{}" is the package
+    file_search: str  # "{}" is the file name; "" when the family has no such command
+    headers: Callable[[str], str]  # kernel release -> the package of its headers
+
+
+def _arch_headers(kernel: str) -> str:
+    for variant in ("lts", "zen", "hardened", "rt"):
+        if kernel.endswith(f"-{variant}"):
+            return f"linux-{variant}-headers"
+    return "linux-headers"
+
+
+def _suse_headers(kernel: str) -> str:
+    version, _, flavour = kernel.rpartition("-")
+    return f"kernel-{flavour}-devel-{version}" if version else "kernel-default-devel"
+
+
+_PACKAGING = (
+    _Packaging(
+        ("debian*", "ubuntu*"), "apt-get install {}", "apt-file search /{}", lambda k: f"linux-headers-{k}"
+    ),
+    _Packaging(
+        ("fedora*", "rhel*", "centos*", "*fedora*", "ovm*", "amzn*", "mageia*"),
+        "dnf install {}",
+        "dnf provides '*/{}'",
+        lambda k: f"kernel-devel-{k}",
+    ),
+    _Packaging(("sles*", "suse*", "opensuse*"), "zypper install {}", "", _suse_headers),
+    _Packaging(("arch*",), "pacman -S {}", "pacman -F {}", _arch_headers),
+    _Packaging(("alpine*",), "apk add {}", "", lambda k: f"linux-{k.rpartition('-')[2] or 'lts'}-dev"),
+)
+
+
+def _packaging(family: _distro.Distro) -> Optional[_Packaging]:
+    for row in _PACKAGING:
+        if family.matches(*row.families):
+            return row
+    return None
+
+
 def headers_package_command(family: _distro.Distro, kernel: str) -> str:
-    """The command that installs the headers of ``kernel`` on this distribution family."""
-    if family.matches("debian*", "ubuntu*"):
-        return f"apt-get install linux-headers-{kernel}"
-    if family.matches("fedora*", "rhel*", "centos*", "*fedora*", "ovm*", "amzn*", "mageia*"):
-        return f"dnf install kernel-devel-{kernel}"
-    if family.matches("sles*", "suse*", "opensuse*"):
-        flavour = kernel.rsplit("-", 1)[-1] if "-" in kernel else "default"
-        version = kernel[: -len(flavour) - 1] if kernel.endswith("-" + flavour) else kernel
-        return f"zypper install kernel-{flavour}-devel-{version}"
-    if family.matches("arch*"):
-        for variant in ("lts", "zen", "hardened", "rt"):
-            if kernel.endswith(f"-{variant}") or f"-{variant}" in kernel.rsplit("-", 1)[-1]:
-                return f"pacman -S linux-{variant}-headers"
-        return "pacman -S linux-headers"
-    if family.matches("alpine*"):
-        flavour = kernel.rsplit("-", 1)[-1] if "-" in kernel else "lts"
-        return f"apk add linux-{flavour}-dev"
-    if family.matches("gentoo*"):
-        return "emerge --ask sys-kernel/gentoo-sources"
-    return ""
+    """The command that installs the headers of ``kernel`` on this distribution family ("" if unknown)."""
+    row = _packaging(family)
+    return row.install.format(row.headers(kernel)) if row else ""
 
 
 def _install_command(family: _distro.Distro, package: str) -> str:
-    if family.matches("debian*", "ubuntu*"):
-        return f"apt-get install {package}"
-    if family.matches("fedora*", "rhel*", "centos*", "*fedora*", "ovm*", "amzn*", "mageia*"):
-        return f"dnf install {package}"
-    if family.matches("sles*", "suse*", "opensuse*"):
-        return f"zypper install {package}"
-    if family.matches("arch*"):
-        return f"pacman -S {package}"
-    if family.matches("alpine*"):
-        return f"apk add {package}"
-    return ""
+    row = _packaging(family)
+    return row.install.format(package) if row else ""
 
 
 def _file_search_command(family: _distro.Distro, name: str) -> str:
     """The command that finds which package ships a file (a header, a program)."""
-    if family.matches("debian*", "ubuntu*"):
-        return f"apt-file search /{name}"
-    if family.matches("fedora*", "rhel*", "centos*", "*fedora*", "ovm*", "amzn*", "mageia*"):
-        return f"dnf provides '*/{name}'"
-    if family.matches("sles*", "suse*", "opensuse*"):
-        return f"zypper search --provides '*/{name}'"
-    if family.matches("arch*"):
-        return f"pacman -F {name}"
-    return ""
+    row = _packaging(family)
+    return row.file_search.format(name) if row and row.file_search else ""
 
 
 def _compiler_package(family: _distro.Distro, compiler: str) -> str:
-    """The package that provides a compiler named like gcc-12 or clang-14."""
+    """The package of a compiler: gcc-12 on Debian and Ubuntu (also for x86_64-linux-gnu-gcc-12), gcc elsewhere."""
+    compiler = re.sub(r"^\w+-linux-gnu\w*-", "", compiler)
     if family.matches("debian*", "ubuntu*"):
         return compiler
     return re.sub(r"-\d+(\.\d+)*$", "", compiler)
@@ -736,7 +749,7 @@ class _Context:
         return Evidence(text, index + 1)
 
     def disabled(self, names: Sequence[str]) -> List[str]:
-        """The names the kernel config does not enable (all of them when it has no config)."""
+        """The names the kernel config does not enable (none when the config cannot be read)."""
         config = self.config
         if config is None:
             return []
@@ -753,9 +766,24 @@ class _Context:
 
 
 Facts = Dict[str, str]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What an extractor found: the facts for the templates, and the evidence.
+
+    ``lines`` are indices into make.log (the first is the main evidence); ``extra`` is evidence
+    from elsewhere (the dkms.conf refusal, a declaration in the kernel headers).
+    """
+
+    facts: Facts
+    lines: Tuple[int, ...] = ()
+    extra: Tuple[Evidence, ...] = ()
+
+
 #: An extractor gets the context and a hit (index into the log, or -1, and the regex match) and
-#: returns the facts of the cause, with its evidence as ``_evidence`` lines, or None to pass.
-Extractor = Callable[[_Context, int, Optional["re.Match[str]"]], Optional[Facts]]
+#: returns what it found, or None when the hit does not fit its cause.
+Extractor = Callable[[_Context, int, Optional["re.Match[str]"]], Optional[Found]]
 
 
 @dataclass(frozen=True)
@@ -784,14 +812,10 @@ def _no_command(_ctx: _Context, _facts: Facts) -> str:
     return ""
 
 
-def _ev(*indices: int) -> str:
-    return ",".join(str(i) for i in indices)
-
-
 # ---- refusals and missing inputs
 
 
-def _x_build_exclusive(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_build_exclusive(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     inp = ctx.inputs
     if not (inp.exclusion or inp.step == "build_exclusive" or inp.exit_code == 77):
         return None
@@ -817,28 +841,27 @@ def _x_build_exclusive(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> O
     value = directives.get(directive, "")
     said = f'{directive}="{value}"' if directive and value else directive or "a BUILD_EXCLUSIVE directive"
     why = "; ".join(reasons) or "it does not match this kernel"
-    return {"directive": directive, "value": value, "said": said, "why": why, "_text": "\n".join(reasons)}
+    facts = {"directive": directive, "value": value, "said": said, "why": why}
+    return Found(facts, extra=tuple(Evidence(r) for r in reasons))
 
 
-def _x_build_depends(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_build_depends(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     inp = ctx.inputs
     if not (inp.missing_depends or inp.step == "build_depends" or inp.exit_code == 13):
         return None
     missing = list(inp.missing_depends) or list(inp.build_depends)
-    return {
-        "depends": " ".join(missing),
-        "first": missing[0] if missing else "",
-        "first_version": inp.missing_depends.get(missing[0], "") if missing else "",
-    }
+    return Found(
+        {
+            "depends": " ".join(missing),
+            "first": missing[0] if missing else "",
+            "first_version": inp.missing_depends.get(missing[0], "") if missing else "",
+        }
+    )
 
 
 def _next_build_depends(ctx: _Context, facts: Facts) -> str:
-    if not facts["first"]:
-        return ""
-    what = f"{facts['first']}/{facts['first_version']}" if facts["first_version"] else facts["first"]
-    if not facts["first_version"]:
-        return f"dkms status {facts['first']}"
-    return f"dkms install {what} -k {ctx.inputs.kernel}"
+    first, version = facts["first"], facts["first_version"]
+    return f"dkms install {first}/{version} -k {ctx.inputs.kernel}" if first and version else ""
 
 
 def _headers_problem(ctx: _Context) -> str:
@@ -864,22 +887,22 @@ _HEADERS_LOG = _p(
 )
 
 
-def _x_headers_dir(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_headers_dir(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     problem = _headers_problem(ctx)
     if not problem:
         return None
     evidence = [i for i, text in ctx.output() if any(p.search(text) for p in _HEADERS_LOG)][:1]
-    return {"problem": problem, "headers_dir": str(ctx.headers_dir), "_evidence": _ev(*evidence)}
+    return Found({"problem": problem, "headers_dir": str(ctx.headers_dir)}, (*evidence,))
 
 
 def _next_headers(ctx: _Context, _facts: Facts) -> str:
     return headers_package_command(ctx.family, ctx.inputs.kernel)
 
 
-def _x_no_log(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_no_log(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     if not ctx.log_problem:
         return None
-    return {"problem": ctx.log_problem}
+    return Found({"problem": ctx.log_problem})
 
 
 def _next_no_log(ctx: _Context, _facts: Facts) -> str:
@@ -890,11 +913,11 @@ def _next_no_log(ctx: _Context, _facts: Facts) -> str:
 # ---- whole-log causes
 
 
-def _x_first_hit(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
-    return {"line": ctx.lines[i].strip(), "_evidence": _ev(i)} if i >= 0 else None
+def _x_first_hit(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
+    return Found({"line": ctx.lines[i].strip()}, (i,)) if i >= 0 else None
 
 
-def _x_out_of_disk(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_out_of_disk(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     text = ctx.lines[i]
     paths = re.findall(r"(/[^\s:'\"]+)", text)
     where = (
@@ -903,12 +926,14 @@ def _x_out_of_disk(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optiona
         else str(ctx.inputs.make_log.parent if ctx.inputs.make_log else "")
     )
     free = ctx.inputs.free_disk_bytes
-    return {
-        "where": where,
-        "free": f" ({free // (1 << 20)} MiB free now)" if free is not None else "",
-        "line": text.strip(),
-        "_evidence": _ev(i),
-    }
+    return Found(
+        {
+            "where": where,
+            "free": f" ({free // (1 << 20)} MiB free now)" if free is not None else "",
+            "line": text.strip(),
+        },
+        (i,),
+    )
 
 
 def _next_df(_ctx: _Context, facts: Facts) -> str:
@@ -920,28 +945,27 @@ def _next_fewer_jobs(ctx: _Context, _facts: Facts) -> str:
     return f"dkms build {inp.module}/{inp.version} -k {inp.kernel} -j 1"
 
 
-def _x_patch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_patch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
+    """A patch that does not apply (also one that a pre_build script applies: then it has no name)."""
     patch = ctx.patch
-    if not patch and ctx.step != "patch" and i >= 0:
-        # a patch message outside a patch step (e.g. a pre_build script patching): still a patch
-        patch = "(from the failed step)"
+    shown = f"Patch {patch}" if patch else "A patch"
     if i < 0:
         if ctx.step != "patch":
             return None
-        lines = [j for j, t in ctx.output() if t.strip()]
+        lines = [j for j, text in ctx.output() if text.strip()]
         if not lines:
-            return {"patch": patch or "?", "line": "the patch step failed", "_evidence": ""}
+            return Found({"patch": patch, "patch_shown": shown, "line": "the patch step failed"})
         i = lines[-1]
-    return {"patch": patch or "?", "line": ctx.lines[i].strip(), "_evidence": _ev(i)}
+    return Found({"patch": patch, "patch_shown": shown, "line": ctx.lines[i].strip()}, (i,))
 
 
 def _next_patch(ctx: _Context, facts: Facts) -> str:
-    if not ctx.inputs.make_log or facts["patch"].startswith("("):
+    if not ctx.inputs.make_log or not facts["patch"]:
         return ""
     return f"cd {ctx.inputs.make_log.parent} && patch -p1 --dry-run < ./patches/{facts['patch']}"
 
 
-def _x_compiler_missing(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_compiler_missing(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     prog = m.group("prog")
     if not _COMPILER_NAMES.match(os.path.basename(prog)):
@@ -949,21 +973,30 @@ def _x_compiler_missing(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Op
     config = ctx.config or {}
     built_by = config.get("CONFIG_CC_VERSION_TEXT", "")
     compiler = os.path.basename(prog)
-    if compiler in ("cc1", "as", "collect2", "cc1plus"):
+    if compiler in ("cc1", "collect2", "cc1plus"):  # the compiler driver is there, its parts are not
         compiler = _compiler_from_version_text(built_by) if built_by else "gcc"
-    return {
-        "compiler": compiler,
-        "built_by": f" (the kernel was built by {built_by})" if built_by else "",
-        "line": ctx.lines[i].strip(),
-        "_evidence": _ev(i),
-    }
+    return Found(
+        {
+            "compiler": compiler,
+            "package": _BINUTILS.get(compiler, ""),
+            "built_by": built_by,
+            "built_by_note": f" (the kernel was built by {built_by})" if built_by else "",
+            "line": ctx.lines[i].strip(),
+        },
+        (i,),
+    )
+
+
+#: tools of the build that are not compilers, and the package that has them
+_BINUTILS = {"as": "binutils", "ld": "binutils", "ld.bfd": "binutils", "ld.lld": "lld"}
 
 
 def _next_compiler(ctx: _Context, facts: Facts) -> str:
-    return _install_command(ctx.family, _compiler_package(ctx.family, facts["compiler"]))
+    package = facts.get("package") or _compiler_package(ctx.family, facts["compiler"])
+    return _install_command(ctx.family, package)
 
 
-def _x_compiler_mismatch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_compiler_mismatch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     config = ctx.config or {}
     built_by = config.get("CONFIG_CC_VERSION_TEXT", "")
@@ -982,21 +1015,25 @@ def _x_compiler_mismatch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> O
     used = _compiler_from_version_text(using) if " " in using else using
     if wanted == used and "differs" not in m.group(0):
         return None
-    return {
-        "built_by": built_by,
-        "using": using,
-        "compiler": wanted,
-        "line": ctx.lines[i].strip(),
-        "_evidence": _ev(i),
-    }
+    return Found(
+        {
+            "built_by": built_by,
+            "using": using,
+            "compiler": wanted,
+            "line": ctx.lines[i].strip(),
+        },
+        (i,),
+    )
 
 
-def _x_headers_log(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
-    return {
-        "problem": ctx.lines[i].strip(),
-        "headers_dir": str(ctx.headers_dir),
-        "_evidence": _ev(i),
-    }
+def _x_headers_log(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
+    return Found(
+        {
+            "problem": ctx.lines[i].strip(),
+            "headers_dir": str(ctx.headers_dir),
+        },
+        (i,),
+    )
 
 
 #: lines before a configure script's error that name what it did not find
@@ -1009,7 +1046,7 @@ _CONFIGURE_MISSING = (
 )
 
 
-def _x_configure(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_configure(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     """A configure script that fails: its error line, and what it last looked for in vain."""
     assert m is not None
     if not m.group(0).startswith("configure: ") and "configure" not in ctx.block.command:
@@ -1030,20 +1067,24 @@ def _x_configure(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[
                 if j != i:
                     evidence.append(j)
                 break
-    return {
-        "msg": m.group("msg").strip(),
-        "name": name,
-        "what": name.replace("bin/", "the program ", 1) if name else "what the configure script looks for",
-        "_evidence": _ev(*evidence),
-    }
+    return Found(
+        {
+            "msg": m.group("msg").strip(),
+            "name": name,
+            "what": name.replace("bin/", "the program ", 1)
+            if name
+            else "what the configure script looks for",
+        },
+        (*evidence,),
+    )
 
 
-def _x_userspace_library(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_userspace_library(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     lib, pkg = m.groupdict().get("lib"), m.groupdict().get("pkg")
     if lib:
-        return {"what": f"the library -l{lib}", "name": f"lib{lib}.so", "_evidence": _ev(i)}
-    return {"what": f"the pkg-config package {pkg}", "name": f"{pkg}.pc", "_evidence": _ev(i)}
+        return Found({"what": f"the library -l{lib}", "name": f"lib{lib}.so"}, (i,))
+    return Found({"what": f"the pkg-config package {pkg}", "name": f"{pkg}.pc"}, (i,))
 
 
 def _next_file_search(ctx: _Context, facts: Facts) -> str:
@@ -1051,25 +1092,25 @@ def _next_file_search(ctx: _Context, facts: Facts) -> str:
     return _file_search_command(ctx.family, name) if name else ""
 
 
-def _x_tool_missing(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_tool_missing(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     prog = os.path.basename(m.group("prog"))
     if _COMPILER_NAMES.match(prog) or prog in ("bash", "sh"):
         return None
-    return {"what": f"the program {prog}", "name": f"bin/{prog}", "_evidence": _ev(i)}
+    return Found({"what": f"the program {prog}", "name": f"bin/{prog}"}, (i,))
 
 
 # ---- causes read from the errors
 
 
-def _x_config_error(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_config_error(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     """``#error`` naming a CONFIG option the kernel lacks."""
     assert m is not None
     names = re.findall(r"CONFIG_\w+", m.group(0))
     off = ctx.disabled(names)
     if not off:
         return None
-    return {"symbol": off[0], "why": f"its source says: {m.group('msg').strip()}", "_evidence": _ev(i)}
+    return Found({"symbol": off[0], "why": f"its source says: {m.group('msg').strip()}"}, (i,))
 
 
 def _guarded_site(ctx: _Context, name: str, kind: str) -> Optional[Tuple[_Site, str]]:
@@ -1089,7 +1130,7 @@ def _guarded_site(ctx: _Context, name: str, kind: str) -> Optional[Tuple[_Site, 
     return found
 
 
-def _x_config_declaration(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_config_declaration(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     """An implicit declaration, unknown type or undeclared name that the headers have under an option."""
     assert m is not None
     groups = m.groupdict()
@@ -1103,14 +1144,16 @@ def _x_config_declaration(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> 
     site, option = hit
     shown = f"{name}()" if kind == "function" else f"struct {name}" if kind == "struct" else name
     rel = ctx.headers.relative(str(site.path))
-    return {
-        "symbol": option,
-        "name": name,
-        "why": f"{rel} declares {shown} only when {option} is set",
-        "header": rel,
-        "_evidence": _ev(i),
-        "_site": f"{site.path}:{site.line}",
-    }
+    return Found(
+        {
+            "symbol": option,
+            "name": name,
+            "why": f"{rel} declares {shown} only when {option} is set",
+            "header": rel,
+        },
+        (i,),
+        (Evidence(f"{rel}:{site.line}: declared only when {option} is set", 0, str(site.path), site.line),),
+    )
 
 
 def _provider_option(ctx: _Context, symbol: str) -> Tuple[str, str]:
@@ -1137,7 +1180,7 @@ def _provider_option(ctx: _Context, symbol: str) -> Tuple[str, str]:
     return "", ""
 
 
-def _x_config_modpost(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_config_modpost(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     """modpost: a symbol the kernel headers declare but this kernel does not export."""
     assert m is not None
     symbol = m.group("symbol")
@@ -1159,14 +1202,16 @@ def _x_config_modpost(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Opti
         if o and o.group(1) != symbol:
             others.append(o.group(1))
     where = f"exported by {provider} in other kernels" if provider else "declared in the kernel headers"
-    return {
-        "symbol": option or "(unknown option)",
-        "name": symbol,
-        "why": f"{symbol} is {where} but this kernel does not export it"
-        + (f" (nor {', '.join(others[:3])})" if others else ""),
-        "provider": provider,
-        "_evidence": _ev(i),
-    }
+    return Found(
+        {
+            "symbol": option or "(unknown option)",
+            "name": symbol,
+            "why": f"{symbol} is {where} but this kernel does not export it"
+            + (f" (nor {', '.join(others[:3])})" if others else ""),
+            "provider": provider,
+        },
+        (i,),
+    )
 
 
 def _next_config(ctx: _Context, facts: Facts) -> str:
@@ -1186,15 +1231,14 @@ def _in_kernel_note(ctx: _Context, i: int) -> Optional[Tuple[int, str]]:
     return None
 
 
-def _api_facts(ctx: _Context, i: int, what: str, extra: Sequence[int] = ()) -> Facts:
-    return {
-        "what": what,
-        "kernel_version": _kernel_version(ctx.headers, ctx.inputs.kernel),
-        "_evidence": _ev(i, *extra),
-    }
+def _api_change(ctx: _Context, i: int, what: str, more: Sequence[int] = (), **facts: str) -> Found:
+    return Found(
+        {"what": what, "kernel_version": _kernel_version(ctx.headers, ctx.inputs.kernel), **facts},
+        (i, *more),
+    )
 
 
-def _x_api_implicit(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_implicit(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     name = m.group("function")
     sites = ctx.headers.declarations(name, "function")
@@ -1203,12 +1247,10 @@ def _x_api_implicit(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Option
         what = f"{name}() is no longer declared where the module expects it (it is in {rel} now)"
     else:
         what = f"the kernel no longer has {name}()"
-    facts = _api_facts(ctx, i, what)
-    facts["function"] = name
-    return facts
+    return _api_change(ctx, i, what, function=name)
 
 
-def _x_api_arguments(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_arguments(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     name = m.group("function")
     note = _in_kernel_note(ctx, i)
@@ -1222,12 +1264,10 @@ def _x_api_arguments(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optio
         )
     else:
         what = f"the kernel's {name}() macro takes another number of arguments now{where}"
-    facts = _api_facts(ctx, i, what, [note[0]] if note else [])
-    facts["function"] = name
-    return facts
+    return _api_change(ctx, i, what, [note[0]] if note else [], function=name)
 
 
-def _x_api_pointer(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_pointer(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     groups = m.groupdict()
     note = _in_kernel_note(ctx, i)
@@ -1250,49 +1290,43 @@ def _x_api_pointer(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optiona
         what = f"the callback {member or 'it sets'} has another type in this kernel" + (
             f" ({expected})" if expected else ""
         )
-    facts = _api_facts(ctx, i, what + (f", see {note[1]}" if note else ""), [note[0]] if note else [])
-    if function:
-        facts["function"] = function
-    return facts
+    what += f", see {note[1]}" if note else ""
+    return _api_change(ctx, i, what, [note[0]] if note else [], function=function)
 
 
-def _x_api_member(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_member(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     struct, member = m.group("struct"), m.group("member")
     sites = ctx.headers.declarations(struct, "struct")
     if not sites:
         return None
     rel = ctx.headers.relative(str(sites[0].path))
-    facts = _api_facts(ctx, i, f"struct {struct} ({rel}) has no member {member} any more")
-    facts["struct"] = struct
-    return facts
+    return _api_change(ctx, i, f"struct {struct} ({rel}) has no member {member} any more", struct=struct)
 
 
-def _x_api_gpl(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_gpl(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
-    return _api_facts(ctx, i, f"the kernel exports {m.group('symbol')} to GPL modules only now")
+    return _api_change(ctx, i, f"the kernel exports {m.group('symbol')} to GPL modules only now")
 
 
-def _x_api_header(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_api_header(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     """A kernel header (linux/..., asm/...) that these headers do not have."""
     assert m is not None
     header = m.group("header")
     first = header.split("/", 1)[0]
     if ctx.headers.find_header(header) is not None or first not in _KERNEL_HEADER_DIRS:
         return None
-    facts = _api_facts(ctx, i, f"the kernel no longer has the header <{header}>")
-    facts["header"] = header
-    return facts
+    return _api_change(ctx, i, f"the kernel no longer has the header <{header}>", header=header)
 
 
-def _x_userspace_header(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_userspace_header(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     assert m is not None
     header = m.group("header")
     if ctx.headers.find_header(header) is not None:
         return None
     if header.split("/", 1)[0] in _KERNEL_HEADER_DIRS and ctx.headers.has_header_dir(header):
         return None
-    return {"what": f"the header <{header}>", "name": header, "header": header, "_evidence": _ev(i)}
+    return Found({"what": f"the header <{header}>", "name": header, "header": header}, (i,))
 
 
 def _next_upgrade(ctx: _Context, _facts: Facts) -> str:
@@ -1305,16 +1339,16 @@ def _next_upgrade(ctx: _Context, _facts: Facts) -> str:
     return ""
 
 
-def _x_mismatch_warning(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_mismatch_warning(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
     return _x_compiler_mismatch(ctx, i, m)
 
 
-def _x_low_disk(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Facts]:
+def _x_low_disk(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     free = ctx.inputs.free_disk_bytes
     if free is None or free >= LOW_DISK_BYTES:
         return None
     where = str(ctx.inputs.make_log.parent) if ctx.inputs.make_log else ""
-    return {"where": where, "free": f" ({free // 1024} KiB free now)", "line": ""}
+    return Found({"where": where, "free": f" ({free // 1024} KiB free now)"})
 
 
 _SUMMARY_API = "{module}/{version} is too old for kernel {kernel} (Linux {kernel_version}): {what}."
@@ -1336,7 +1370,7 @@ RULES: Tuple[Rule, ...] = (
     Rule(
         "build-depends-missing", "inputs", (), _x_build_depends,
         "{module}/{version} needs {depends} installed for kernel {kernel} first (BUILD_DEPENDS).",
-        "Install {depends} for this kernel, then build {module}/{version} again.",
+        "Add and install {depends} for this kernel, then build {module}/{version} again.",
         _next_build_depends,
     ),
     Rule(
@@ -1371,13 +1405,13 @@ RULES: Tuple[Rule, ...] = (
         _p(r"^Hunk #\d+ FAILED", r"can't find file to patch", r"Reversed \(or previously applied\) patch detected",
            r"^patch: \*\*\*\* ", r"Only garbage was found in the patch input", r"^No file to patch\."),
         _x_patch,
-        "Patch {patch} does not apply to {module}/{version}: {line}.",
+        "{patch_shown} does not apply to {module}/{version}: {line}.",
         "The patch was made for another version of the source: update it or drop it from PATCH[] in dkms.conf.",
         _next_patch,
     ),
     Rule(
         "patch-failed", "inputs", (), _x_patch,
-        "Patch {patch} does not apply to {module}/{version}: {line}.",
+        "{patch_shown} does not apply to {module}/{version}: {line}.",
         "The patch was made for another version of the source: update it or drop it from PATCH[] in dkms.conf.",
         _next_patch,
     ),
@@ -1387,7 +1421,7 @@ RULES: Tuple[Rule, ...] = (
            r"^make(?:\[\d+\])?: (?P<prog>[\w.+/-]+): (?:No such file or directory|Command not found)",
            r"cannot execute '(?P<prog>cc1\w*|as|collect2)'"),
         _x_compiler_missing,
-        "The compiler {compiler} is not installed (or not in PATH){built_by}.",
+        "The compiler {compiler} is not installed (or not in PATH){built_by_note}.",
         "Install the compiler the kernel was built with.",
         _next_compiler,
     ),
@@ -1563,8 +1597,13 @@ def _hits(ctx: _Context, rule: Rule) -> Iterator[Tuple[int, Optional[re.Match[st
                     break
 
 
-def _finish(ctx: _Context, rule: Rule, facts: Facts) -> Diagnosis:
+#: facts that only shape a sentence; the others are the diagnosis' details
+_TEMPLATE_ONLY = frozenset({"said", "free", "built_by_note", "patch_shown"})
+
+
+def _finish(ctx: _Context, rule: Rule, found: Found) -> Diagnosis:
     inp = ctx.inputs
+    facts = found.facts
     values: Dict[str, str] = {
         "module": inp.module,
         "version": inp.version,
@@ -1576,18 +1615,8 @@ def _finish(ctx: _Context, rule: Rule, facts: Facts) -> Diagnosis:
         if key in values:
             values[key] = values[key].rstrip(".")
     values.setdefault("name_or_what", facts.get("what") or facts.get("name") or "it")
-    evidence: List[Evidence] = []
-    for token in filter(None, facts.get("_evidence", "").split(",")):
-        evidence.append(ctx.evidence_at(int(token)))
-    for text in filter(None, facts.get("_text", "").split("\n")):
-        evidence.append(Evidence(text))
-    if facts.get("_site"):
-        path, _, line = facts["_site"].rpartition(":")
-        rel = ctx.headers.relative(path)
-        evidence.append(
-            Evidence(f"{rel}:{line}: declared only when {facts['symbol']} is set", 0, path, int(line))
-        )
-    details = {k: v for k, v in facts.items() if not k.startswith("_") and k not in ("said", "free") and v}
+    evidence = (*(ctx.evidence_at(i) for i in found.lines), *found.extra)
+    details = {k: v for k, v in facts.items() if k not in _TEMPLATE_ONLY and v}
     return Diagnosis(
         cause=rule.cause,
         summary=rule.summary.format(**values),
@@ -1600,7 +1629,7 @@ def _finish(ctx: _Context, rule: Rule, facts: Facts) -> Diagnosis:
         step=ctx.step,
         exit_code=inp.exit_code,
         make_log=inp.make_log,
-        evidence=tuple(evidence),
+        evidence=evidence,
         details=details,
     )
 
@@ -1614,14 +1643,14 @@ def diagnose(inputs: FailureInputs) -> Diagnosis:
             # the rows read from the compiler's errors form one group: the first error decides
             if not errors_done:
                 errors_done = True
-                found = _from_errors(ctx)
-                if found is not None:
-                    return found
+                diag = _from_errors(ctx)
+                if diag is not None:
+                    return diag
             continue
         for i, m in _hits(ctx, rule):
-            facts = rule.extract(ctx, i, m)
-            if facts is not None:
-                return _finish(ctx, rule, facts)
+            found = rule.extract(ctx, i, m)
+            if found is not None:
+                return _finish(ctx, rule, found)
     return _unknown(ctx)
 
 
@@ -1635,9 +1664,9 @@ def _from_errors(ctx: _Context) -> Optional[Diagnosis]:
                 m = pattern.search(error.text)
                 if m is None:
                     continue
-                facts = rule.extract(ctx, error.index, m)
-                if facts is not None:
-                    return _finish(ctx, rule, facts)
+                found = rule.extract(ctx, error.index, m)
+                if found is not None:
+                    return _finish(ctx, rule, found)
     return None
 
 
