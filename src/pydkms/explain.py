@@ -214,7 +214,13 @@ def _blocks(lines: Sequence[str]) -> List[_Block]:
             continue
         i += 1
     if not blocks:
-        blocks.append(_Block("", "", 0, len(lines), None))
+        if lines and lines[0].startswith("DKMS ("):
+            # pydkms' own log without a step: nothing ran yet (only its two header lines)
+            blocks.append(_Block("", "", len(lines), len(lines), None))
+        else:
+            # upstream's log: the header and date, then the output of every step
+            start = 2 if lines and lines[0].startswith("DKMS") else 0
+            blocks.append(_Block("", "", min(start, len(lines)), len(lines), None))
     return blocks
 
 
@@ -959,6 +965,18 @@ def _x_patch(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Foun
     return Found({"patch": patch, "patch_shown": shown, "line": ctx.lines[i].strip()}, (i,))
 
 
+def _x_patch_missing(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
+    """A PATCH[] entry whose file is not in the source's patches/ directory (dkms exits 5)."""
+    inp = ctx.inputs
+    if not (ctx.step == "patch" or inp.exit_code == 5) or inp.make_log is None or not inp.patches:
+        return None
+    patches = inp.make_log.parent / "patches"
+    for patch in inp.patches:
+        if not (patches / patch).is_file():
+            return Found({"patch": patch, "where": str(patches)})
+    return None
+
+
 def _next_patch(ctx: _Context, facts: Facts) -> str:
     if not ctx.inputs.make_log or not facts["patch"]:
         return ""
@@ -1408,6 +1426,12 @@ RULES: Tuple[Rule, ...] = (
         "{patch_shown} does not apply to {module}/{version}: {line}.",
         "The patch was made for another version of the source: update it or drop it from PATCH[] in dkms.conf.",
         _next_patch,
+    ),
+    Rule(
+        "patch-failed", "inputs", (), _x_patch_missing,
+        "Patch {patch} is listed in the dkms.conf of {module}/{version}, but {where} has no such file.",
+        "Add the patch to the source's patches/ directory, or drop it from PATCH[] in dkms.conf.",
+        _no_command,
     ),
     Rule(
         "patch-failed", "inputs", (), _x_patch,

@@ -175,6 +175,20 @@ def test_patch_that_does_not_apply(scratch: Scratch, kernel: str) -> None:
     assert_renders(diag)
 
 
+def test_patch_listed_but_missing(scratch: Scratch, kernel: str) -> None:
+    source = scratch.add_source("patched")
+    conf = source / "dkms.conf"
+    conf.write_text(conf.read_text() + 'PATCH[3]="missing.patch"\n')
+    patches = tuple(re.findall(r'^PATCH\[\d+\]="([^"]+)"', conf.read_text(), re.M))
+    result = scratch.dkms("build", "patched/1.0", "-k", kernel)
+    assert result.rc == 5, result
+    diag = diagnose_build(scratch, "patched", kernel, result, step="patch", patches=patches)
+    assert diag.cause == "patch-failed", diag
+    assert diag.details["patch"] == "missing.patch"
+    assert diag.details["where"] == str(scratch.dkms_tree / "patched/1.0/build/patches")
+    assert_renders(diag)
+
+
 def test_headers_not_installed(scratch: Scratch, kernel: str) -> None:
     """$install_tree/K exists but has no build directory: dkms refuses (21) before any make.log."""
     bare = Scratch(scratch.root.parent / "bare")
@@ -215,12 +229,24 @@ def test_headers_without_autoconf(scratch: Scratch, kernel: str, tmp_path: Path)
     assert "Kernel configuration is invalid" in diag.evidence[0].text
 
 
-def test_compiler_missing(scratch: Scratch, kernel: str, tmp_path: Path) -> None:
-    """The kernel's compiler is not in PATH (a PATH without any gcc; the host keeps its own)."""
-    compiler = kernel_config(kernel, "CONFIG_CC_VERSION_TEXT").split()[0]
-    path = path_without(("gcc", "x86_64-linux-gnu-gcc", "cc", "c89", "c99"), tmp_path / "bin")
+@pytest.mark.parametrize("how", ["no gcc in PATH", "headers made by gcc-99"])
+def test_compiler_missing(scratch: Scratch, kernel: str, tmp_path: Path, how: str) -> None:
+    """The kernel's compiler is not installed: hidden from PATH (the host keeps its own), or
+    a copy of the headers that says the kernel was built by a gcc-99 nobody has."""
+    env = {}
+    if how == "no gcc in PATH":
+        compiler = kernel_config(kernel, "CONFIG_CC_VERSION_TEXT").split()[0]
+        env["PATH"] = path_without(("gcc", "x86_64-linux-gnu-gcc", "cc", "c89", "c99"), tmp_path / "bin")
+    else:
+        compiler = "gcc-99"
+        headers = copy_headers(kernel, tmp_path / "headers")
+        variables = headers / ".kernelvariables"
+        variables.write_text(re.sub(r"\bgcc-\d+\b", compiler, variables.read_text()))
+        for name in (".config", "include/config/auto.conf"):
+            set_config(headers / name, {"CONFIG_CC_VERSION_TEXT": "gcc-99 (Debian 99.1.0-1) 99.1.0"})
+        use_headers(scratch, kernel, headers)
     scratch.add_source("hello")
-    result, diag = build_and_diagnose(scratch, "hello", kernel, env={"PATH": path})
+    result, diag = build_and_diagnose(scratch, "hello", kernel, env=env)
     assert result.rc == 10
     assert diag.cause == "compiler-missing", diag
     assert diag.details["compiler"] == compiler
@@ -235,7 +261,7 @@ def test_compiler_mismatch(scratch: Scratch, kernel: str, tmp_path: Path) -> Non
         pytest.skip("clang is installed: dkms would use it")
     headers = copy_headers(kernel, tmp_path / "headers")
     clang = {
-        "CONFIG_CC_VERSION_TEXT": '"Debian clang version 14.0.6"',
+        "CONFIG_CC_VERSION_TEXT": "Debian clang version 14.0.6",
         "CONFIG_CC_IS_CLANG": "y",
         "CONFIG_CLANG_VERSION": "140006",
         "CONFIG_CC_IS_GCC": None,
@@ -318,19 +344,24 @@ def test_out_of_memory_address_space_limit(scratch: Scratch, kernel: str) -> Non
 def _memory_cgroup(tmp_name: str, limit: int) -> Path:
     """A memory cgroup limited to ``limit`` bytes (v2 or v1), or skip when there is none."""
     v2 = Path("/sys/fs/cgroup")
-    if (v2 / "cgroup.controllers").exists() and "memory" in (v2 / "cgroup.controllers").read_text():
+    if (v2 / "cgroup.subtree_control").exists() and "memory" in (v2 / "cgroup.subtree_control").read_text():
         group = v2 / tmp_name
         group.mkdir()
         (group / "memory.max").write_text(str(limit))
-        (group / "memory.swap.max").write_text("0")
-        return group
-    v1 = Path("/sys/fs/cgroup/memory")
-    if (v1 / "memory.limit_in_bytes").exists():
-        group = v1 / tmp_name
+        optional = {"memory.swap.max": "0"}
+    elif (Path("/sys/fs/cgroup/memory") / "memory.limit_in_bytes").exists():
+        group = Path("/sys/fs/cgroup/memory") / tmp_name
         group.mkdir()
         (group / "memory.limit_in_bytes").write_text(str(limit))
-        return group
-    pytest.skip("no memory cgroup controller on this machine")
+        optional = {"memory.swappiness": "0", "memory.memsw.limit_in_bytes": str(limit)}
+    else:
+        pytest.skip("no memory cgroup controller on this machine")
+    for name, value in optional.items():  # no swapping instead of the OOM kill, where the kernel allows it
+        try:
+            (group / name).write_text(value)
+        except OSError:
+            pass
+    return group
 
 
 def test_out_of_memory_killed(scratch: Scratch, kernel: str) -> None:

@@ -8,6 +8,7 @@ install tree, dkms' exit code, and the other installed kernels' headers as refer
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
@@ -38,6 +39,7 @@ def diagnose_build(
     step: str = "",
     build_exclusive: Optional[Mapping[str, str]] = None,
     missing_depends: Optional[Mapping[str, str]] = None,
+    patches: Tuple[str, ...] = (),
     free_disk_bytes: Optional[int] = None,
     references: bool = True,
 ) -> Diagnosis:
@@ -54,6 +56,7 @@ def diagnose_build(
             exit_code=result.rc,
             build_exclusive=dict(build_exclusive or {}),
             missing_depends=dict(missing_depends or {}),
+            patches=patches,
             free_disk_bytes=free_disk_bytes,
             reference_headers=reference_headers(kernel) if references else (),
             distro_family="debian",
@@ -108,12 +111,16 @@ def path_without(programs: Tuple[str, ...], farm: Path) -> str:
 
 
 def set_config(path: Path, values: Mapping[str, Optional[str]]) -> None:
-    """Set (or, with None, remove) ``NAME=value`` lines of a copied .config or auto.conf."""
-    lines = []
-    for line in path.read_text().splitlines():
-        name = line.split("=", 1)[0]
-        if name in values:
+    """Set (or, with None, remove) options of a copied .config or include/config/auto.conf.
+
+    String values are given plain: .config gets them quoted, auto.conf (read by make) does not.
+    """
+    quoted = path.name == ".config"
+    lines = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
+    for name, value in values.items():
+        if value is None:
             continue
-        lines.append(line)
-    lines.extend(f"{name}={value}" for name, value in values.items() if value is not None)
+        if quoted and not re.fullmatch(r"[ymn]|-?\d+|0x[0-9a-fA-F]+", value):
+            value = f'"{value}"'
+        lines.append(f"{name}={value}")
     path.write_text("\n".join(lines) + "\n")

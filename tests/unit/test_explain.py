@@ -337,3 +337,14 @@ def test_any_make_log_gives_a_diagnosis(kernel: str, raw: bytes, lines: Sequence
         json.dumps(diag.as_json())
         render_text(diag)
         render_text(diag, short=True)
+
+
+def test_pydkms_log_without_steps_is_not_evidence(tmp_path: Path, kernel: str) -> None:
+    """A refused patch step before any command ran: the log's header lines are not quoted."""
+    text = (
+        f"DKMS (dkms-3.2.2) make.log for m/1.0 for kernel {kernel} (x86_64)\nTue Dec  1 22:06:03 UTC 2026\n"
+    )
+    diag = explain(tmp_path, kernel, text=text, step="patch", exit_code=5)
+    assert diag.cause == "patch-failed" and diag.evidence == ()
+    diag = explain(tmp_path, kernel, text=text, step="make", exit_code=10)
+    assert diag.cause == "unknown" and diag.evidence == () and "names no error" in diag.summary
