@@ -1128,7 +1128,19 @@ def _x_config_error(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Option
     off = ctx.disabled(names)
     if not off:
         return None
-    return Found({"symbol": off[0], "why": f"its source says: {m.group('msg').strip()}"}, (i,))
+    return _config_found({"symbol": off[0], "why": f"its source says: {m.group('msg').strip()}"}, (i,))
+
+
+def _config_found(facts: Facts, lines: Tuple[int, ...], extra: Tuple[Evidence, ...] = ()) -> Found:
+    """The facts of a missing kernel option, with the wording for when it could not be named."""
+    option = facts["symbol"]
+    facts["option_shown"] = option or "an option"
+    facts["exclusive_hint"] = (
+        f', or add BUILD_EXCLUSIVE_CONFIG="{option}" to the module\'s dkms.conf so that dkms skips such kernels'
+        if option
+        else ""
+    )
+    return Found(facts, lines, extra)
 
 
 def _guarded_site(ctx: _Context, name: str, kind: str) -> Optional[Tuple[_Site, str]]:
@@ -1162,7 +1174,7 @@ def _x_config_declaration(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> 
     site, option = hit
     shown = f"{name}()" if kind == "function" else f"struct {name}" if kind == "struct" else name
     rel = ctx.headers.relative(str(site.path))
-    return Found(
+    return _config_found(
         {
             "symbol": option,
             "name": name,
@@ -1220,9 +1232,9 @@ def _x_config_modpost(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Opti
         if o and o.group(1) != symbol:
             others.append(o.group(1))
     where = f"exported by {provider} in other kernels" if provider else "declared in the kernel headers"
-    return Found(
+    return _config_found(
         {
-            "symbol": option or "(unknown option)",
+            "symbol": option,
             "name": symbol,
             "why": f"{symbol} is {where} but this kernel does not export it"
             + (f" (nor {', '.join(others[:3])})" if others else ""),
@@ -1357,10 +1369,6 @@ def _next_upgrade(ctx: _Context, _facts: Facts) -> str:
     return ""
 
 
-def _x_mismatch_warning(ctx: _Context, i: int, m: Optional[re.Match[str]]) -> Optional[Found]:
-    return _x_compiler_mismatch(ctx, i, m)
-
-
 def _x_low_disk(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional[Found]:
     free = ctx.inputs.free_disk_bytes
     if free is None or free >= LOW_DISK_BYTES:
@@ -1369,6 +1377,8 @@ def _x_low_disk(ctx: _Context, _i: int, _m: Optional[re.Match[str]]) -> Optional
     return Found({"where": where, "free": f" ({free // 1024} KiB free now)"})
 
 
+_SUMMARY_CONFIG = "{module}/{version} needs {option_shown}, which kernel {kernel} was built without: {why}."
+_ADVICE_CONFIG = "Use a kernel built with {option_shown}{exclusive_hint}."
 _SUMMARY_API = "{module}/{version} is too old for kernel {kernel} (Linux {kernel_version}): {what}."
 _ADVICE_API = (
     "Install a release of {module} newer than {version} that supports Linux {kernel_version} "
@@ -1495,9 +1505,8 @@ RULES: Tuple[Rule, ...] = (
     ),
     Rule(
         "kernel-config-missing", "error", _p(r"error: #error (?P<msg>.*CONFIG_\w+.*)"), _x_config_error,
-        "{module}/{version} needs {symbol}, which kernel {kernel} was built without: {why}.",
-        "Use a kernel built with {symbol}, or add BUILD_EXCLUSIVE_CONFIG=\"{symbol}\" to the module's "
-        "dkms.conf so that dkms skips such kernels.",
+        _SUMMARY_CONFIG,
+        _ADVICE_CONFIG,
         _next_config,
     ),
     Rule(
@@ -1506,17 +1515,15 @@ RULES: Tuple[Rule, ...] = (
            r"'(?P<name>\w+)' undeclared",
            r"(?:invalid use of undefined type|dereferencing pointer to incomplete type) 'struct (?P<struct>\w+)'"),
         _x_config_declaration,
-        "{module}/{version} needs {symbol}, which kernel {kernel} was built without: {why}.",
-        "Use a kernel built with {symbol}, or add BUILD_EXCLUSIVE_CONFIG=\"{symbol}\" to the module's "
-        "dkms.conf so that dkms skips such kernels.",
+        _SUMMARY_CONFIG,
+        _ADVICE_CONFIG,
         _next_config,
     ),
     Rule(
         "kernel-config-missing", "error", _p(r'^ERROR: modpost: "(?P<symbol>[^"]+)" .* undefined!'),
         _x_config_modpost,
-        "{module}/{version} needs {symbol}, which kernel {kernel} was built without: {why}.",
-        "Use a kernel built with {symbol}, or add BUILD_EXCLUSIVE_CONFIG=\"{symbol}\" to the module's "
-        "dkms.conf so that dkms skips such kernels.",
+        _SUMMARY_CONFIG,
+        _ADVICE_CONFIG,
         _next_config,
     ),
     Rule(
@@ -1558,7 +1565,7 @@ RULES: Tuple[Rule, ...] = (
     ),
     Rule(
         "compiler-mismatch", "log", _p(r"the compiler differs from the one used to build the kernel"),
-        _x_mismatch_warning,
+        _x_compiler_mismatch,
         "Kernel {kernel} was built by {built_by}, but the module was compiled with {using}: {line}.",
         "Build with the compiler the kernel was built with.",
         _next_compiler,
@@ -1622,7 +1629,7 @@ def _hits(ctx: _Context, rule: Rule) -> Iterator[Tuple[int, Optional[re.Match[st
 
 
 #: facts that only shape a sentence; the others are the diagnosis' details
-_TEMPLATE_ONLY = frozenset({"said", "free", "built_by_note", "patch_shown"})
+_TEMPLATE_ONLY = frozenset({"said", "free", "built_by_note", "patch_shown", "option_shown", "exclusive_hint"})
 
 
 def _finish(ctx: _Context, rule: Rule, found: Found) -> Diagnosis:
