@@ -104,7 +104,6 @@ class Assert(NamedTuple):
 
 
 Node = Union[Chars, Cat, Alt, Repeat, Assert]
-EMPTY = Cat(())
 
 
 def reverse(node: Node) -> Node:

@@ -8,6 +8,7 @@ Each question is (kind, pattern, subject); the answers come back in order:
 * ``P``: pathname expansion of the unquoted ``$pattern`` (no word splitting) -> the words.
 
 bash runs with ``shopt -s extglob`` (as upstream dkms does) in the given locale.
+:data:`TRICKY_NAMES` are file names for such tests: each is shell syntax somewhere.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ done <"$1"
 """
 
 Question = Tuple[str, str, str]
+
+#: file names that are shell syntax once pasted into a command line or a double-quoted string
+TRICKY_NAMES = [
+    b"plain", b"a b", b'a"b', b'q"', b"$HOME", b"${HOME}", b"$(touch pwn)", b"`touch pwn`", b"*", b"-x",
+    b".hidden", b"..dots", b"new\nline", b"\xff\xfe", b"it's", b"a\\b", b"x;y", "\u00e9".encode(),
+    b'q" ; touch pwn ; x=""', b"[ab]", b"?", b"a*b", b"tab\there", b" lead", b"trail ", b"B", b"b",
+]  # fmt: skip
 
 
 def _enc(text: str) -> bytes:

@@ -24,8 +24,8 @@ from pydkms.confeval import (
     RefusedConfError,
     evaluate,
 )
+from tests.support.bashbatch import TRICKY_NAMES
 from tests.support.confs import write_confs
-from tests.unit.test_glob_linear import TRICKY
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed")
 
@@ -122,7 +122,7 @@ def names_as_bash(
 @pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
 def test_tricky_names_give_the_values_bash_gives(tmp_path: Path, locale: str) -> None:
     outcomes: List[Optional[str]] = []
-    for k, name in enumerate(TRICKY):
+    for k, name in enumerate(TRICKY_NAMES):
         d = tmp_path / f"d{k}"
         d.mkdir()
         with open(os.path.join(os.fsencode(d), name), "wb"):
@@ -145,7 +145,7 @@ def test_tricky_names_give_the_values_bash_gives(tmp_path: Path, locale: str) ->
     assert not problems, problems[:5]
     assert not (Path.cwd() / "pwn").exists()
     # both kinds occur: names read as data (equal to bash) and names refused
-    assert outcomes.count(None) > len(TRICKY) // 2 and outcomes.count("refused") >= 8
+    assert outcomes.count(None) > len(TRICKY_NAMES) // 2 and outcomes.count("refused") >= 8
 
 
 def test_first_field_matches_are_data(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from typing import List, Optional, Tuple
 import pytest
 
 from pydkms.confeval import glob as confglob
-from tests.support.bashbatch import bash_answers
-from tests.unit.test_posixre import deadline
+from tests.support.bashbatch import TRICKY_NAMES, bash_answers
+from tests.support.guards import deadline
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed")
 
@@ -101,17 +101,11 @@ def test_pathological_patterns_return_at_once() -> None:
 # --------------------------------------------------------------------------------------------
 # pathname expansion
 
-TRICKY = [
-    b"plain", b"a b", b'a"b', b'q"', b"$HOME", b"${HOME}", b"$(touch pwn)", b"`touch pwn`", b"*", b"-x",
-    b".hidden", b"..dots", b"new\nline", b"\xff\xfe", b"it's", b"a\\b", b"x;y", "é".encode(),
-    b'q" ; touch pwn ; x=""', b"[ab]", b"?", b"a*b", b"tab\there", b" lead", b"trail ", b"B", b"b",
-]  # fmt: skip
-
 
 def tricky_dir(root: Path) -> str:
     d = root / "names"
     d.mkdir()
-    for name in TRICKY:
+    for name in TRICKY_NAMES:
         with open(os.path.join(os.fsencode(d), name), "wb"):
             pass
     (d / "sub").mkdir()

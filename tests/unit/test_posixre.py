@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
 
 from pydkms import nfa
 from pydkms.posixre import compile_ere, ere_problem, ere_search
 from tests.support.bashbatch import bash_answers
+from tests.support.guards import deadline
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed")
-
-
-class _Overdue(Exception):
-    pass
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail the test when the block does not return within ``seconds`` (a guard, not a timing)."""
-
-    def fire(signum: int, frame: Optional[FrameType]) -> None:
-        raise _Overdue(f"did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def ours(pattern: str, subject: str) -> Tuple[str, str]:
