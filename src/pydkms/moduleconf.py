@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
-from .confeval import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, evaluate
+from .confeval import (
+    Construct,
+    EvalMode,
+    EvalRequest,
+    EvalResult,
+    OutsideSubsetError,
+    RefusedConfError,
+    evaluate,
+)
 from .confeval.protocol import DKMS_CONF_WHITELIST
 from .distro import Distro
 from .errors import ConfError, DkmsError
@@ -220,6 +228,9 @@ class ConfReader:
         context = self._context(m, v, kernel)
         try:
             result = self._evaluate(files, context, strict)
+        except RefusedConfError as exc:
+            c = exc.construct
+            raise ConfError(f"{c.file}:{c.line}: {c.text}; the file is refused.") from exc
         except OutsideSubsetError as exc:
             c = exc.construct
             raise ConfError(

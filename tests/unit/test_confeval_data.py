@@ -18,6 +18,7 @@ from pydkms.confeval import (
     EvalRequest,
     EvalResult,
     OutsideSubsetError,
+    RefusedConfError,
     evaluate,
     evaluate_many,
 )
@@ -247,10 +248,12 @@ def test_glob_at_echo_stage(tmp_path: Path) -> None:
     assert v["MAKE"] == {0: "*.ko"}
 
 
-def test_glob_matching_the_protocol_prefix_is_outside(tmp_path: Path) -> None:
+def test_glob_matching_the_protocol_prefix_is_read_as_data(tmp_path: Path) -> None:
+    # X[0]="a*" matches the file X0="abc": the parent reads X0="abc" instead of X[0]=...,
+    # and Y's second pass sees that variable
     (Path.cwd() / 'X0="abc"').write_text("")
-    c = outside(tmp_path, "Y=ok\nX='a*'\n")
-    assert c.line == 2 and "pathname expansion" in c.text
+    res = run(tmp_path, "Y='$X0'\nX='a*'\n")
+    assert vals(res) == {"Y": {0: "abc"}}
 
 
 def test_injections(tmp_path: Path) -> None:
@@ -509,11 +512,12 @@ def test_collation() -> None:
     assert confglob.collation_is_bytewise({"LANG": "en_US.UTF-8", "LC_ALL": "C"})
 
 
-def test_non_c_locale_multiple_matches_is_outside(tmp_path: Path) -> None:
+def test_non_c_locale_multiple_matches_is_refused(tmp_path: Path) -> None:
     for name in ("a.ko", "B.ko"):
         (Path.cwd() / name).write_text("")
-    c = outside(tmp_path, "X='x *.ko y'\n", env={**ENV, "LANG": "en_US.UTF-8"})
-    assert "locale" in c.text
+    with pytest.raises(RefusedConfError) as info:
+        run(tmp_path, "X='x *.ko y'\n", env={**ENV, "LANG": "en_US.UTF-8"})
+    assert "locale" in info.value.construct.text
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,6 +90,15 @@ class OutsideSubsetError(Exception):
         self.construct = construct
 
 
+class RefusedConfError(OutsideSubsetError):
+    """Raised in every mode for plain settings that neither evaluator may read.
+
+    Upstream's protocol re-reads the values after pathname expansion as shell code, so file names
+    that a glob in a value matches could run as code. The data evaluator expands them itself and
+    refuses when the result would be code or cannot be reproduced exactly; bash is not used instead.
+    """
+
+
 class BashEvaluationError(Exception):
     """bash could not be run, or did not complete the protocol."""
 
@@ -111,6 +120,7 @@ __all__ = [
     "EvalRequest",
     "EvalResult",
     "OutsideSubsetError",
+    "RefusedConfError",
     "evaluate",
     "evaluate_many",
 ]

@@ -21,8 +21,11 @@ Details verified against bash 5.2 (and exercised by the differential tests):
 * the parent only assigns the printed elements: an override file doing ``X=(z)`` or ``unset X``
   leaves the elements X[1].. (resp. all of X) of the earlier files in place (spec §2.1 says
   ``X=(…)`` replaces the whole array: bash does not);
-* the first field (``NAME[i]="...``) and the last (``..."``) take part in pathname expansion; a
-  file name matching them changes the printed line itself, which is reported as outside;
+* every field, the first (``NAME[i]="...``) and the last (``..."``) included, takes part in
+  pathname expansion; the file names it gives are spliced into the printed line, which the parent
+  then reads as bash would: when that is not plain assignments (a file name like
+  ``q" ; id > x ; y="``) the file is refused (:class:`RefusedConfError`), never handed to bash,
+  which would run it; once file names are in a printed line, nothing falls back to bash either;
 * ``export A=1 B=$A`` expands every argument before assigning (B gets the old A), while
   ``A=1 B=$A`` assigns left to right.
 """
@@ -1214,9 +1217,35 @@ Arr = Dict[int, str]
 
 
 class _RuntimeOutside(Exception):
-    def __init__(self, construct: Construct) -> None:
+    """``refused``: bash must not be used instead (it would read file names as code)."""
+
+    def __init__(self, construct: Construct, refused: bool = False) -> None:
         super().__init__(str(construct))
         self.construct = construct
+        self.refused = refused
+
+
+def _show_name(name: str) -> str:
+    """A file name for a message: quoted, undecodable bytes and control characters escaped."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "'" + "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) + "'"
+
+
+#: characters of a file name that are syntax when upstream re-reads it inside double quotes
+_DQ_SYNTAX = frozenset('"$`\\')
+
+
+class _EchoLine(ParsedFile):
+    """A line upstream's echo step printed, parsed as the parent shell reads it; it belongs to ``where``."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, where: Tuple[Path, int], text: str) -> None:
+        super().__init__(where[0], text)
+        self.line = where[1]
+
+    def line_of(self, pos: int) -> int:
+        return self.line
 
 
 def _esc(text: str) -> str:
@@ -1242,6 +1271,10 @@ class Evaluation:
         self.lenient = lenient
         self.dircache = dircache if dircache is not None else _glob.DirCache()
         self.bytewise = _glob.collation_is_bytewise(environ)
+        self.bytes_mode = _glob.ctype_is_bytes(environ)
+        #: pathname expansion has put file names into an echoed line: bash must not redo this
+        #: evaluation, since it would read those names (or new ones) as code
+        self.spliced = False
         self.deps: Set[str] = set()
         self.warned: Set[str] = set()
         self.warnings: List[str] = []
@@ -1304,7 +1337,7 @@ class Evaluation:
             val = ""
         pattern = self._pattern(scope, p.arg or (), False)
         try:
-            return _glob.remove_match(val, pattern, op)
+            return _glob.remove_match(val, pattern, op, self.bytes_mode)
         except _glob.Unsupported as exc:
             raise _Outside(p.pos, exc.text) from None
 
@@ -1397,11 +1430,19 @@ class Evaluation:
                     raise _Outside(st.pos, f"`unset {t.name}` of a context variable")
                 if t.globbed:
                     try:
-                        m = _glob.expand_pathname(t.text, self.dircache, self.bytewise)
+                        m = _glob.expand_pathname(t.text, self.dircache, self.bytewise, self.bytes_mode)
                     except _glob.Unsupported as exc:
                         raise _Outside(st.pos, exc.text) from None
                     if m is not None:
-                        raise _Outside(st.pos, f"`unset {t.text}` matches a file (pathname expansion)")
+                        # bash unsets the variables named like the files (NAME[N] matches NAMEd)
+                        for matched in m:
+                            if matched in self.ctx_objs or not valid_name(matched) or _no_assign(matched):
+                                raise _Outside(
+                                    st.pos, f"`unset {t.text}` matches the file {_show_name(matched)}"
+                                )
+                            scope[matched] = {}
+                            owned.add(matched)
+                        continue
                 if t.idx is None:
                     scope[t.name] = {}
                     owned.add(t.name)
@@ -1410,46 +1451,82 @@ class Evaluation:
 
     # -- the echo step and the parent's second pass
 
-    def _echo_content(self, name: str, index: int, value: str, where: Tuple[Path, int]) -> str:
-        """What upstream's ``eval echo`` prints between ``NAME[i]="`` and the closing quote."""
+    def _expand(self, field: str) -> Optional[List[str]]:
+        return _glob.expand_pathname(field, self.dircache, self.bytewise, self.bytes_mode)
+
+    def _echo_line(self, name: str, index: int, value: str) -> Tuple[str, List[str]]:
+        """The line upstream's ``eval echo`` prints for NAME[i], and the file names its pathname
+        expansion put into it (the printed line is ``NAME[i]="<value>"`` when there are none).
+
+        The whole ``NAME[i]="<value>"`` is split, so the first field starts with ``NAME[i]="`` (its
+        bracket matches one digit of i) and the last ends with the closing quote.
+        """
         if value.endswith("\r"):
             value = value[:-1]
         prefix = f'{name}[{index}]="'
         tokens = _IFS_SPLIT.split(value)
-        matched = f"the echo of {name}[{index}] matches a file name (pathname expansion)"
-        try:
-            if len(tokens) == 1:
-                if self._first_field_matches(prefix, value + '"', name, index):
-                    raise _RuntimeOutside(Construct(where[0], where[1], matched))
-                return value
-            if self._first_field_matches(prefix, tokens[0], name, index) or (
-                _glob.expand_pathname(tokens[-1] + '"', self.dircache, self.bytewise) is not None
-            ):
-                raise _RuntimeOutside(Construct(where[0], where[1], matched))
-            out = [tokens[0]]
-            for field in tokens[1:-1]:
-                if _glob.has_magic(field):
-                    m = _glob.expand_pathname(field, self.dircache, self.bytewise)
-                    if m is not None:
-                        out.extend(m)
-                        continue
+        if len(tokens) == 1:
+            fields = [prefix + value + '"']
+        else:
+            fields = [prefix + tokens[0], *tokens[1:-1], tokens[-1] + '"']
+        out: List[str] = []
+        names: List[str] = []
+        for k, field in enumerate(fields):
+            m = None
+            if k == 0:
+                if self._first_field_may_match(name, index, field[len(prefix) :]):
+                    m = self._expand(field)
+            elif _glob.has_magic(field):
+                m = self._expand(field)
+            if m is None:
                 out.append(field)
-            out.append(tokens[-1])
-            return " ".join(out)
-        except _glob.Unsupported as exc:
-            raise _RuntimeOutside(Construct(where[0], where[1], f"{name}[{index}]: {exc.text}")) from None
+            else:
+                out.extend(m)
+                names.extend(m)
+        return " ".join(out), names
 
-    def _first_field_matches(self, prefix: str, rest: str, name: str, index: int) -> bool:
+    def _first_field_may_match(self, name: str, index: int, rest: str) -> bool:
         head = rest.split("/", 1)[0]
         # The bracket in NAME[i]=" matches one digit of i: nothing can match unless a
         # file or directory NAME<d>="<head> exists.
-        if (
-            not _glob.has_magic(head)
-            and "\\" not in head
-            and not any(self.dircache.cwd_has(f'{name}{d}="{head}') for d in set(str(index)))
-        ):
-            return False
-        return _glob.expand_pathname(prefix + rest, self.dircache, self.bytewise) is not None
+        return (
+            _glob.has_magic(head)
+            or "\\" in head
+            or any(self.dircache.cwd_has(f'{name}{d}="{head}') for d in set(str(index)))
+        )
+
+    def _reread_line(
+        self, line: str, names: Sequence[str], where: Tuple[Path, int], what: str, owned: Set[str]
+    ) -> None:
+        """The parent shell reads an echoed line that holds file names: as data, or refused.
+
+        bash would run whatever the names make of the line (upstream's protocol re-reads it as
+        code); here it must be plain assignments, or the evaluation is refused, never handed to bash.
+        """
+        unsafe = [n for n in names if _DQ_SYNTAX.intersection(n)]
+
+        def refuse(detail: str) -> _RuntimeOutside:
+            shown = _show_name((unsafe or list(names))[0])
+            text = (
+                f"{what}: pathname expansion gives the file name {shown}, which upstream's "
+                f"re-reading of the value would run as code ({detail})"
+            )
+            return _RuntimeOutside(Construct(where[0], where[1], text), refused=True)
+
+        pf = _EchoLine(where, line)
+        for item in pf.items:
+            if isinstance(item, Skipped):
+                raise refuse(item.text)
+        saved = self._file
+        self._file = pf
+        try:
+            for item in pf.items:
+                assert not isinstance(item, Skipped)
+                self._exec(self.parent, owned, item, pf)
+        except _Outside as exc:
+            raise refuse(exc.text) from None
+        finally:
+            self._file = saved
 
     def _second_pass(self, content: str, where: Tuple[Path, int], what: str) -> str:
         if _SECOND_PASS_SPECIAL.search(content) is None:
@@ -1528,8 +1605,9 @@ class Evaluation:
                 except _Outside as exc:
                     raise _RuntimeOutside(Construct(pf.path, pf.line_of(exc.pos), exc.text)) from None
         self._file = None
-        # upstream's echo loop and the parent's re-reading, in whitelist order
-        parent_owned: Set[str] = set()
+        # upstream's echo loop (in the subshell: every line is printed first), then the
+        # parent's re-reading, in whitelist order
+        lines: List[Tuple[str, int, Tuple[Path, int], str, List[str]]] = []
         for name in self.whitelist:
             arr = scope.get(name)
             if not arr:
@@ -1539,14 +1617,33 @@ class Evaluation:
             where = self.origins.get(name, (pf.path, 0))
             for index in sorted(arr):
                 try:
-                    content = self._echo_content(name, index, arr[index], where)
-                    value = self._second_pass(content, where, f"{name}[{index}]")
-                except _RuntimeOutside as exc:
+                    line, names = self._echo_line(name, index, arr[index])
+                except _glob.Unsupported as exc:
+                    text = (
+                        f"{name}[{index}]: {exc.text} in upstream's echo step (pathname expansion); "
+                        "bash is not used instead, as it could read matching file names as code"
+                    )
+                    construct = Construct(where[0], where[1], text)
                     if not self.lenient:
-                        raise
-                    self._skip(exc.construct, f"{name}[{index}]")
+                        raise _RuntimeOutside(construct, refused=True) from None
+                    self._skip(construct, f"{name}[{index}]")
                     continue
-                self._parent_set(parent_owned, name, index, value)
+                self.spliced = self.spliced or bool(names)
+                lines.append((name, index, where, line, names))
+        parent_owned: Set[str] = set()
+        for name, index, where, line, names in lines:
+            what = f"{name}[{index}]"
+            try:
+                if names:
+                    self._reread_line(line, names, where, what, parent_owned)
+                    continue
+                value = self._second_pass(line[len(f'{name}[{index}]="') : -1], where, what)
+            except _RuntimeOutside as exc:
+                if not self.lenient:
+                    raise
+                self._skip(exc.construct, what)
+                continue
+            self._parent_set(parent_owned, name, index, value)
         for name, raw in self.injections:
             where = (pf.path, 0)
             try:
@@ -1578,11 +1675,16 @@ def _targets(st: Statement) -> Set[str]:
 
 
 class OutsideAt(Exception):
-    """Raised by :func:`evaluate_parsed` in strict mode."""
+    """Raised by :func:`evaluate_parsed` in strict mode.
 
-    def __init__(self, construct: Construct) -> None:
+    ``refused``: the file must not be handed to bash either, because bash would read file names
+    (found by pathname expansion) as code; the construct's text says why.
+    """
+
+    def __init__(self, construct: Construct, refused: bool = False) -> None:
         super().__init__(str(construct))
         self.construct = construct
+        self.refused = refused
 
 
 def evaluate_parsed(
@@ -1601,7 +1703,14 @@ def evaluate_parsed(
         for pf in files:
             ev.run_file(pf)
     except _RuntimeOutside as exc:
-        raise OutsideAt(exc.construct) from None
+        c = exc.construct
+        if exc.refused or not ev.spliced:
+            raise OutsideAt(c, exc.refused) from None
+        text = (
+            f"{c.text}; bash is not used instead, because pathname expansion in upstream's echo step "
+            "matched file names, which it could read as code"
+        )
+        raise OutsideAt(Construct(c.file, c.line, text), True) from None
     return ev.result()
 
 

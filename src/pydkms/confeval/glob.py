@@ -7,18 +7,27 @@ Two uses, both with ``shopt -s extglob`` as in upstream dkms:
 
 Patterns are strings in bash's *escaped* form: a backslash makes the next character literal (quoted
 characters of the source are backslash-escaped by the caller). Everything this module cannot
-reproduce exactly raises :class:`Unsupported` so that the caller can fall back to bash.
+reproduce exactly raises :class:`Unsupported`.
+
+Matching runs on the linear-time automaton of :mod:`pydkms.nfa` (a pattern like
+``*a*a*a*a*a*a*a*a*a*a*b`` would make a backtracking matcher exponential in the name's length), and
+the prefix and suffix removals take one pass over the value (suffixes: the reversed pattern over the
+reversed value).
+
+In the C locale bash matches bytes (``?`` is one byte of a UTF-8 character): with ``bytes_mode``
+pattern and text are compared byte by byte. In other locales ``?`` and brackets are one character,
+which is exact for ASCII text only; they raise :class:`Unsupported` on other text.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Mapping
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
-from ..posixre import POSIX_CLASSES
+from ..nfa import ANY, Alt, Cat, Chars, CharSet, Node, Program, Repeat, TooLarge, reverse
+from ..posixre import CLASS_CHARS
 
 
 class Unsupported(Exception):
@@ -30,9 +39,16 @@ class Unsupported(Exception):
 
 
 #: bash also knows [:ascii:] and [:word:] in patterns
-_CLASSES = {**POSIX_CLASSES, "ascii": "\\x00-\\x7f", "word": "0-9A-Za-z_"}
+_CLASSES = {
+    **CLASS_CHARS,
+    "ascii": frozenset(chr(x) for x in range(128)),
+    "word": CLASS_CHARS["alnum"] | {"_"},
+}
 
 _EXT_OPS = "?*+@!"
+
+#: deepest nesting of extglob groups accepted (parsing and compiling recurse per level)
+MAX_NESTING = 100
 
 
 def has_magic(pat: str, extglob: bool = True) -> bool:
@@ -59,16 +75,28 @@ def has_magic(pat: str, extglob: bool = True) -> bool:
     return False
 
 
+def to_bytes_text(text: str) -> str:
+    """``text`` as one character per byte of its UTF-8 (surrogateescape) encoding."""
+    return text if text.isascii() else text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def from_bytes_text(text: str) -> str:
+    """The inverse of :func:`to_bytes_text`."""
+    return text if text.isascii() else text.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
 # A parsed pattern element:
-#   ("lit", char) | ("star",) | ("any",) | ("set", regex_class_text, members_or_None, negated)
+#   ("lit", char) | ("star",) | ("any",) | ("set", CharSet, members_or_None)
 #   | ("ext", op, [alternatives...])  where each alternative is a list of elements
 Element = Tuple[object, ...]
 
 
 class _PatternParser:
-    def __init__(self, pat: str) -> None:
+    def __init__(self, pat: str, bytes_mode: bool) -> None:
         self.p = pat
         self.n = len(pat)
+        self.bytes_mode = bytes_mode
+        self.depth = 0
 
     def parse(self) -> List[Element]:
         elems, i = self._seq(0, top=True)
@@ -91,6 +119,9 @@ class _PatternParser:
             if c in _EXT_OPS and i + 1 < n and p[i + 1] == "(":
                 if c == "!":
                     raise Unsupported("extglob !(...) pattern")
+                if self.depth >= MAX_NESTING:
+                    raise Unsupported(f"extglob patterns nested deeper than {MAX_NESTING}")
+                self.depth += 1
                 alts: List[List[Element]] = []
                 j = i + 2
                 while True:
@@ -102,6 +133,7 @@ class _PatternParser:
                         j += 1
                         break
                     j += 1  # '|'
+                self.depth -= 1
                 out.append(("ext", c, alts))
                 i = j
                 continue
@@ -134,7 +166,7 @@ class _PatternParser:
         if j < n and p[j] in "!^":
             negated = True
             j += 1
-        items: List[Tuple[str, str]] = []  # ("c", char) | ("class", name)
+        items: List[Tuple[str, str]] = []  # ("c", char) | ("e", escaped char) | ("class", name)
         first = True
         while True:
             if j >= n:
@@ -167,24 +199,24 @@ class _PatternParser:
                 continue
             items.append(("c", c))
             j += 1
-        # ranges
-        parts: List[str] = []
+        chars: List[str] = []
+        ranges: List[Tuple[str, str]] = []
         members: Optional[List[str]] = []
         k = 0
         while k < len(items):
             kind, val = items[k]
             if kind == "class":
-                parts.append(_CLASSES[val])
+                chars.extend(_CLASSES[val])
                 members = None
                 k += 1
                 continue
             if k + 2 < len(items) and items[k + 1] == ("c", "-") and items[k + 2][0] in ("c", "e"):
                 lo, hi = val, items[k + 2][1]
-                if ord(lo) > 127 or ord(hi) > 127:
+                if not self.bytes_mode and (ord(lo) > 127 or ord(hi) > 127):
                     raise Unsupported("non-ASCII range in a bracket expression")
                 if ord(lo) > ord(hi):
                     raise Unsupported("reversed range in a bracket expression")
-                parts.append(re.escape(lo) + "-" + re.escape(hi))
+                ranges.append((lo, hi))
                 if members is not None:
                     if ord(hi) - ord(lo) > 16:
                         members = None
@@ -192,40 +224,61 @@ class _PatternParser:
                         members.extend(chr(x) for x in range(ord(lo), ord(hi) + 1))
                 k += 3
                 continue
-            if ord(val) > 127:
+            if not self.bytes_mode and ord(val) > 127:
                 raise Unsupported("non-ASCII character in a bracket expression")
-            parts.append(re.escape(val))
+            chars.append(val)
             if members is not None:
                 members.append(val)
             k += 1
-        cls = "".join(parts)
-        if not cls:
+        if not chars and not ranges:
             raise Unsupported("empty bracket expression")
         mem: Optional[Tuple[str, ...]] = None
         if members is not None and not negated:
             mem = tuple(sorted(set(members)))
-        return ("set", cls, mem, negated), j
+        return ("set", CharSet(chars, ranges, negated), mem), j
 
 
-def _to_regex(elems: Sequence[Element]) -> str:
-    out: List[str] = []
+_STAR = Repeat(Chars(ANY), 0, None)
+#: the set of every literal '.' of a pattern: a file name's leading dot must be read by one of them
+_DOT = CharSet(".")
+
+
+def _to_node(elems: Sequence[Element]) -> Node:
+    """The syntax tree of a sequence of elements.
+
+    bash's ``*`` absorbs the ``*`` and ``?`` after it and then tries the rest of the pattern at the
+    positions before the end of the text only, with special cases for some extglob groups: an
+    extglob group right after such a run does not always match as a regular expression would
+    (``*@(|a)`` does not match "x", ``*?(a)@(|a)`` matches "" but not "x"), so it is declined.
+    """
+    items: List[Node] = []
+    run_has_star = False
     for e in elems:
-        kind = e[0]
-        if kind == "lit":
-            out.append(re.escape(str(e[1])))
-        elif kind == "star":
-            out.append(".*")
-        elif kind == "any":
-            out.append(".")
-        elif kind == "set":
-            out.append(("[^" if e[3] else "[") + str(e[1]) + "]")
-        else:  # ext
-            alts = e[2]
-            assert isinstance(alts, list)
-            body = "|".join(_to_regex(a) for a in alts)
-            suffix = {"?": "?", "*": "*", "+": "+", "@": ""}[str(e[1])]
-            out.append("(?:" + body + ")" + suffix)
-    return "".join(out)
+        if e[0] == "ext" and run_has_star:
+            raise Unsupported("extglob group right after `*` (bash matches it in its own way)")
+        run_has_star = e[0] == "star" or (e[0] == "any" and run_has_star)
+        items.append(_element_node(e))
+    return Cat(tuple(items))
+
+
+def _element_node(e: Element) -> Node:
+    kind = e[0]
+    if kind == "lit":
+        return Chars(_DOT if e[1] == "." else CharSet(str(e[1])))
+    if kind == "star":
+        return _STAR
+    if kind == "any":
+        return Chars(ANY)
+    if kind == "set":
+        cs = e[1]
+        assert isinstance(cs, CharSet)
+        return Chars(cs)
+    assert kind == "ext"
+    alts = e[2]
+    assert isinstance(alts, list)
+    body = Alt(tuple(_to_node(a) for a in alts))
+    lo, hi = {"?": (0, 1), "*": (0, None), "+": (1, None), "@": (1, 1)}[str(e[1])]
+    return body if (lo, hi) == (1, 1) else Repeat(body, lo, hi)
 
 
 def _has_wild_single(elems: Sequence[Element]) -> bool:
@@ -242,11 +295,12 @@ def _has_wild_single(elems: Sequence[Element]) -> bool:
 
 
 class Compiled:
-    __slots__ = ("elems", "has_ext", "literal_prefix", "regex", "wild_single")
+    """A parsed glob pattern and its automata (built on first use)."""
 
-    def __init__(self, pat: str) -> None:
-        self.elems = _PatternParser(pat).parse()
-        self.regex = re.compile(_to_regex(self.elems), re.DOTALL)
+    __slots__ = ("_backward", "_forward", "elems", "literal_prefix", "wild_single")
+
+    def __init__(self, pat: str, bytes_mode: bool = False) -> None:
+        self.elems = _PatternParser(pat, bytes_mode).parse()
         self.wild_single = _has_wild_single(self.elems)
         prefix = []
         for e in self.elems:
@@ -254,50 +308,76 @@ class Compiled:
                 break
             prefix.append(str(e[1]))
         self.literal_prefix = "".join(prefix)
-        self.has_ext = any(e[0] == "ext" for e in self.elems)
+        self._forward: Optional[Program] = None
+        self._backward: Optional[Program] = None
+
+    def _program(self, backward: bool) -> Program:
+        """The automaton (of the reversed pattern for ``backward``); :class:`Unsupported` if declined."""
+        try:
+            if backward:
+                if self._backward is None:
+                    self._backward = Program(reverse(_to_node(self.elems)))
+                return self._backward
+            if self._forward is None:
+                self._forward = Program(_to_node(self.elems))
+            return self._forward
+        except TooLarge as exc:
+            raise Unsupported(str(exc)) from None
 
     def check_subject(self, subject: str) -> None:
+        """Raise :class:`Unsupported` when the locale decides how ``subject`` matches (see the module)."""
         if self.wild_single and not subject.isascii():
             raise Unsupported("pattern matching on non-ASCII text")
 
-    def fullmatch(self, subject: str, start: int = 0, end: Optional[int] = None) -> bool:
-        if end is None:
-            end = len(subject)
-        return self.regex.fullmatch(subject, start, end) is not None
+    def fullmatch(self, subject: str, file_name: bool = False) -> bool:
+        """Whether the pattern matches all of ``subject`` (no locale check: see :meth:`check_subject`).
+
+        A ``file_name`` that starts with a dot matches only if a literal dot of the pattern reads it.
+        """
+        first_by = _DOT if file_name and subject.startswith(".") else None
+        return self._program(False).fullmatch(subject, first_by)
+
+    def prefix_end(self, subject: str, longest: bool) -> Optional[int]:
+        """Length of the shortest or longest prefix of ``subject`` the pattern matches (None: none)."""
+        return self._program(False).prefix_end(subject, longest)
+
+    def suffix_start(self, subject: str, longest: bool) -> Optional[int]:
+        """Start of the shortest or longest suffix of ``subject`` the pattern matches (None: none)."""
+        k = self._program(True).prefix_end(subject[::-1], longest)
+        return None if k is None else len(subject) - k
 
 
 @functools.lru_cache(maxsize=2048)
-def compile_pattern(pat: str) -> Compiled:
-    return Compiled(pat)
+def compile_pattern(pat: str, bytes_mode: bool = False) -> Compiled:
+    """The compiled pattern (cached); ``pat`` is in byte-text form (:func:`to_bytes_text`) in bytes mode."""
+    return Compiled(pat, bytes_mode)
 
 
-def remove_match(value: str, pattern: str, op: str) -> str:
-    """``${value<op>pattern}`` for op in ``# ## % %%``."""
+def remove_match(value: str, pattern: str, op: str, bytes_mode: bool = False) -> str:
+    """``${value<op>pattern}`` for op in ``# ## % %%``; ``bytes_mode`` is the C locale."""
     if not pattern:
         return value
-    cp = compile_pattern(pattern)
-    cp.check_subject(value)
-    n = len(value)
-    rx = cp.regex
-    if op == "#":
-        for i in range(0, n + 1):
-            if rx.fullmatch(value, 0, i):
-                return value[i:]
-    elif op == "##":
-        for i in range(n, -1, -1):
-            if rx.fullmatch(value, 0, i):
-                return value[i:]
-    elif op == "%":
-        for i in range(n, -1, -1):
-            if rx.fullmatch(value, i, n):
-                return value[:i]
-    elif op == "%%":
-        for i in range(0, n + 1):
-            if rx.fullmatch(value, i, n):
-                return value[:i]
-    else:  # pragma: no cover - caller guarantees op
+    if op not in ("#", "##", "%", "%%"):  # pragma: no cover - caller guarantees op
         raise ValueError(op)
-    return value
+    if bytes_mode:
+        subject = to_bytes_text(value)
+        cp = compile_pattern(to_bytes_text(pattern), True)
+    else:
+        subject = value
+        cp = compile_pattern(pattern)
+        cp.check_subject(value)
+    longest = len(op) == 2
+    if op[0] == "#":
+        end = cp.prefix_end(subject, longest)
+        if end is None:
+            return value
+        rest = subject[end:]
+    else:
+        start = cp.suffix_start(subject, longest)
+        if start is None:
+            return value
+        rest = subject[:start]
+    return from_bytes_text(rest) if bytes_mode else rest
 
 
 def unescape(pat: str) -> str:
@@ -389,44 +469,53 @@ def lexists(path: str) -> bool:
     return True
 
 
-def _match_component(comp: str, base: str, cache: DirCache, dirs_only: bool) -> List[str]:
-    cp = compile_pattern(comp)
-    if cp.has_ext:
-        raise Unsupported("extglob pattern in pathname expansion")
-    allow_dot = bool(cp.elems) and cp.elems[0] == ("lit", ".")
-    if allow_dot:
-        # whether '.' and '..' match depends on the bash version (globskipdots, bash 5.2)
-        raise Unsupported("pathname pattern matching dot files")
+def _match_component(comp: str, base: str, cache: DirCache, dirs_only: bool, bytes_mode: bool) -> List[str]:
+    """The names in directory ``base`` that the pattern ``comp`` matches, in directory order.
+
+    As bash 5.2 (``globskipdots`` on by default): '.' and '..' are never matched, and a name starting
+    with a dot only when a literal dot of the pattern reads that dot (also inside extglob groups).
+    """
+    cp = compile_pattern(to_bytes_text(comp) if bytes_mode else comp, bytes_mode)
     cands = _candidates(cp.elems)
-    # Negative filter: nothing to read when none of the possible names exists.
-    if cands is not None and not any(lexists((base or "") + c) for c in cands if c not in (".", "..")):
-        return []
+    if cands is not None:
+        if bytes_mode:
+            cands = [from_bytes_text(c) for c in cands]
+        # Negative filter: nothing to read when none of the possible names exists.
+        if not any(lexists((base or "") + c) for c in cands if c not in (".", "..")):
+            return []
     entries = cache.entries(base)
     if entries is None:
         return []
     prefix = cp.literal_prefix
     out = []
     for name, is_dir in entries:
-        if prefix and not name.startswith(prefix):
-            continue
-        if name in (".", ".."):
-            continue
-        if name.startswith(".") and not allow_dot:
-            continue
         if dirs_only and not is_dir:
             continue
-        cp.check_subject(name)
-        if cp.regex.fullmatch(name):
+        subject = to_bytes_text(name) if bytes_mode else name
+        if prefix and not subject.startswith(prefix):
+            continue
+        if not bytes_mode:
+            cp.check_subject(name)
+        if cp.fullmatch(subject, file_name=True):
             out.append(name)
     return out
 
 
-def expand_pathname(word: str, cache: DirCache, bytewise: bool) -> Optional[List[str]]:
-    """Pathname expansion of one field; None when nothing matches (bash keeps the word)."""
+def expand_pathname(
+    word: str, cache: DirCache, bytewise: bool, bytes_mode: bool = False
+) -> Optional[List[str]]:
+    """Pathname expansion of one field; None when nothing matches (bash keeps the word).
+
+    ``bytewise``: the collation sorts by bytes (else several matches are :class:`Unsupported`);
+    ``bytes_mode``: the C locale's character type (patterns match bytes).
+    """
     if not has_magic(word):
         return None
-    if "\\/" in word or "//" in word:
-        raise Unsupported("pathname pattern with an escaped or doubled slash")
+    if "\\/" in word:
+        raise Unsupported("pathname pattern with an escaped slash")
+    if "\\ " in word or "\\\t" in word or "\\\n" in word:
+        # bash matches no file name with an escaped blank in an expanded pattern
+        raise Unsupported("pathname pattern with an escaped blank")
     absolute = word.startswith("/")
     comps = word.split("/")
     if absolute:
@@ -441,7 +530,7 @@ def expand_pathname(word: str, cache: DirCache, bytewise: bool) -> Optional[List
         new_bases: List[str] = []
         if has_magic(comp):
             for base in bases:
-                for name in _match_component(comp, base, cache, dirs_only=trailing and is_last):
+                for name in _match_component(comp, base, cache, trailing and is_last, bytes_mode):
                     new_bases.append(base + name + ("" if is_last and not trailing else "/"))
         else:
             lit = unescape(comp)
@@ -465,4 +554,10 @@ def expand_pathname(word: str, cache: DirCache, bytewise: bool) -> Optional[List
     return bases
 
 
-PatternArg = Union[str, Compiled]
+def ctype_is_bytes(environ: Mapping[str, str]) -> bool:
+    """Whether bash would match patterns byte by byte under ``environ`` (the C locale's LC_CTYPE)."""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        val = environ.get(name)
+        if val:
+            return val in ("C", "POSIX")
+    return True

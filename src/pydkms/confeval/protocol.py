@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Dict, List, Optional, Tuple
 
-from . import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError
+from . import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, RefusedConfError
 from . import data as _data
 from . import glob as _glob
 
@@ -132,6 +132,8 @@ def evaluate_many(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -
                 )
             )
         except _data.OutsideAt as exc:
+            if exc.refused:
+                raise RefusedConfError(exc.construct) from None
             if request.mode is EvalMode.DATA:
                 raise OutsideSubsetError(exc.construct) from None
             results.append(None)
