@@ -304,6 +304,20 @@ def test_gnu_tar_sparse_files_are_refused() -> None:
             assert s.outside() == ["a.tar", "canary", "canary/keep"]
 
 
+def test_deep_names_and_long_symlink_chains_are_bounded() -> None:
+    with site() as s:
+        error = refused(s, [file("d/" * 128 + "f")], Compression.NONE)
+        assert "more than 128 components" in error.message
+    chain = [symlink(f"l{i}", "./" * 50 + f"l{i + 1}") for i in range(30)] + [file("l30")]
+    with site() as s:
+        error = refused(s, chain, Compression.NONE, Limits(max_symlink_steps=1000))
+        assert "limit of 1000 steps" in error.message
+    with site() as s:  # the same chain is fine within the default budget
+        archive = s.root / "a.tar"
+        archive.write_bytes(tar_bytes(chain))
+        assert extract(archive, s.staging).members == 31
+
+
 def test_escaped_names_in_messages() -> None:
     """A member name with control characters and undecodable bytes is shown escaped, on one line."""
     with site() as s:

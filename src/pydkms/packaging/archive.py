@@ -36,7 +36,7 @@ An archive is refused as a whole (DkmsError 7, one line naming the archive and t
 member
 
 - has an absolute name, a ``..`` component, or a NUL byte; or a name longer than 3840 bytes (it
-  must still fit into PATH_MAX once copied under /usr/src);
+  must still fit into PATH_MAX once copied under /usr/src) or deeper than 128 components;
 - is a device, a FIFO, a contiguous file, a GNU sparse file, or of any type but file, directory,
   symbolic link and hard link;
 - has the setuid or setgid bit (on any member, directories too). The sticky bit grants nothing
@@ -105,6 +105,8 @@ EXIT_WRITE_FAILED = 6
 MAX_NAME_BYTES = 3840
 #: symbolic links followed at most while resolving one target, as the kernel does
 MAX_SYMLINK_HOPS = 40
+#: path components a member name may have (deeper trees make every member cost more to place)
+MAX_DEPTH = 128
 #: extended headers (PAX, GNU long name/link) allowed in front of one member
 _MAX_HEADER_CHAIN = 16
 #: bytes copied at a time
@@ -121,7 +123,9 @@ class Limits:
     ``max_total_size`` counts the bytes of all regular files; ``max_stream_size`` the whole
     uncompressed tar stream (headers and padding too); ``max_header_size`` the extended headers
     in front of one member, and all global PAX headers together; ``max_decoder_memory`` what the
-    xz/lzma/zstd decoders may allocate (xz -9 needs 65 MiB).
+    xz/lzma/zstd decoders may allocate (xz -9 needs 65 MiB); ``max_symlink_steps`` the path
+    components followed to check all symbolic links (so crafted chains of long targets cannot
+    make the check run for hours).
     """
 
     max_members: int = 100_000
@@ -129,6 +133,7 @@ class Limits:
     max_stream_size: int = 4 * GiB + 512 * MiB
     max_header_size: int = 1 * MiB
     max_decoder_memory: int = 128 * MiB
+    max_symlink_steps: int = 5_000_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -499,7 +504,10 @@ class _Extractor:
             raise self.refuse("has an absolute path")
         if ".." in parts:
             raise self.refuse("has a '..' component")
-        return [p for p in parts if p not in ("", ".")]
+        comps = [p for p in parts if p not in ("", ".")]
+        if len(comps) > MAX_DEPTH:
+            raise self.refuse(f"{subject} has more than {MAX_DEPTH} components")
+        return comps
 
     def add(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         self.members += 1
@@ -618,36 +626,6 @@ class _Extractor:
             _set_times(fd, m.mtime)
         finally:
             os.close(fd)
-
-    def resolve(self, start: List[str], target: str, floor: int, hops: List[int]) -> Optional[List[str]]:
-        """Where ``target``, followed from directory ``start`` through the symlinks in staging as
-        the kernel would, leads; None if it leaves the first ``floor`` components of ``start``.
-
-        Lexical resolution is not enough: with ``a -> .``, the target ``a/..`` is lexically the
-        top directory but really its parent.
-        """
-        if target.startswith("/"):
-            return None
-        here = list(start)
-        for comp in target.split("/"):
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if len(here) <= floor:
-                    return None
-                here.pop()
-                continue
-            here.append(comp)
-            node = self.nodes.get(_join(here))
-            if node is not None and node.kind is _Kind.SYMLINK:
-                hops[0] += 1
-                if hops[0] > MAX_SYMLINK_HOPS:
-                    return None
-                led = self.resolve(here[:-1], node.target, floor, hops)
-                if led is None:
-                    return None
-                here = led
-        return here
 
     def make_symlink(self, comps: List[str], target: str, mtime: float) -> None:
         if not target:
@@ -769,6 +747,7 @@ class _Extractor:
 
     def check_symlinks(self, result: ExtractedArchive) -> None:
         """Refuse a symlink that leads out of the archive, or out of the directory it is copied with."""
+        graph = _LinkGraph(self.nodes, self.limits.max_symlink_steps)
         source_dir: List[str] = []
         if result.layout is Layout.SOURCE and result.source_dir is not None:
             source_dir = list(result.source_dir.relative_to(self.staging).parts)
@@ -782,10 +761,18 @@ class _Extractor:
                     floor = 3
             elif source_dir and parts[: len(source_dir)] == source_dir and len(parts) > len(source_dir):
                 floor = len(source_dir)
-            hops = [0]
             target = self.nodes[key].target
-            if self.resolve(parts[:-1], target, floor, hops) is None:
-                if hops[0] > MAX_SYMLINK_HOPS:
+            graph.hops = 0
+            try:
+                inside = graph.follow(graph.ids[_join(parts[:-1])], 0, target, floor) is not None
+            except _TooManySteps:
+                raise self.refuse(
+                    f"is a symbolic link beyond the limit of {self.limits.max_symlink_steps} steps "
+                    "for following the archive's symbolic links",
+                    key,
+                ) from None
+            if not inside:
+                if graph.hops > MAX_SYMLINK_HOPS:
                     problem = (
                         f"is a symbolic link that goes through more than {MAX_SYMLINK_HOPS} symbolic links"
                     )
@@ -798,6 +785,79 @@ class _Extractor:
                 else:
                     problem = f"is a symbolic link pointing outside the archive (to {_shown(target)})"
                 raise self.refuse(problem, key)
+
+
+class _TooManySteps(Exception):
+    """Following the archive's symlinks takes more steps than allowed."""
+
+
+class _LinkGraph:
+    """The tree in staging as numbered nodes, to follow symlink targets at O(1) per step.
+
+    Lexical resolution is not enough: with ``a -> .``, the target ``a/..`` is lexically the top
+    directory but really its parent. So targets are followed as the kernel would, through the
+    archive's own symlinks. A position is a node plus a count of components below it that do not
+    exist (followed lexically from there: the kernel would fail on them, so that is safe).
+    """
+
+    def __init__(self, nodes: Dict[str, _Node], max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.ids: Dict[str, int] = {"": 0}
+        self.parent = [0]
+        self.depth = [0]
+        self.link: List[Optional[str]] = [None]
+        self.children: Dict[Tuple[int, str], int] = {}
+        self.hops = 0
+        self.steps = 0
+        for key in sorted(nodes, key=lambda k: k.count("/")):
+            head, _, name = key.rpartition("/")
+            up = self.ids[head]
+            me = len(self.parent)
+            self.ids[key] = me
+            self.parent.append(up)
+            self.depth.append(self.depth[up] + 1)
+            node = nodes[key]
+            self.link.append(node.target if node.kind is _Kind.SYMLINK else None)
+            self.children[(up, name)] = me
+
+    def follow(self, here: int, missing: int, target: str, floor: int) -> Optional[Tuple[int, int]]:
+        """Where ``target`` leads from position (``here``, ``missing``); None if it leaves the
+        top ``floor`` levels (or the archive), is absolute, or goes through too many symlinks."""
+        if target.startswith("/"):
+            return None
+        for comp in target.split("/"):
+            self.steps += 1
+            if self.steps > self.max_steps:
+                raise _TooManySteps()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if self.depth[here] + missing <= floor:
+                    return None
+                if missing:
+                    missing -= 1
+                else:
+                    here = self.parent[here]
+                continue
+            if missing:
+                missing += 1
+                continue
+            child = self.children.get((here, comp))
+            if child is None:
+                missing = 1
+                continue
+            link = self.link[child]
+            if link is None:
+                here = child
+                continue
+            self.hops += 1
+            if self.hops > MAX_SYMLINK_HOPS:
+                return None
+            led = self.follow(here, 0, link, floor)
+            if led is None:
+                return None
+            here, missing = led
+        return here, missing
 
 
 def _lexically_inside(start: List[str], target: str) -> bool:
