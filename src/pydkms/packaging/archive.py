@@ -37,8 +37,9 @@ member
 
 - has an absolute name, a ``..`` component, or a NUL byte; or a name longer than 3840 bytes (it
   must still fit into PATH_MAX once copied under /usr/src) or deeper than 128 components;
-- is a device, a FIFO, a contiguous file, a GNU sparse file, or of any type but file, directory,
-  symbolic link and hard link;
+- is a device, a FIFO, a contiguous file, a GNU sparse file (old GNU or PAX format), or of any
+  type but file, directory, symbolic link and hard link (tar has no type for sockets: GNU tar
+  leaves them out);
 - has the setuid or setgid bit (on any member, directories too). The sticky bit grants nothing
   and is dropped; every other permission bit is kept;
 - is a symbolic link whose target is absolute or, resolved from the link's directory through the
@@ -52,8 +53,9 @@ member
 - replaces an earlier member of another kind. Directories may repeat (the last one's mode and time
   win, as in GNU tar); a file or hard link may replace an earlier file or hard link (the later one
   wins, as in GNU tar); a symbolic link never replaces anything and is never replaced;
-- goes beyond :class:`Limits`: more members, more bytes of files, longer PAX/GNU extended headers,
-  or a longer uncompressed stream than allowed.
+- goes beyond :class:`Limits` (zip bombs; the defaults, overridable for tests: 100 000 members,
+  4 GiB of file data, 4.5 GiB of uncompressed tar stream, 1 MiB of PAX/GNU extended headers per
+  member, 128 MiB of decoder memory, 5 000 000 steps to follow all symlinks).
 
 A truncated or corrupt archive (also a bad header in the middle, a missing end-of-archive block,
 or damage of the compressed data after the last member), a file that is not an archive and an
@@ -63,8 +65,9 @@ Extraction never writes outside ``staging``: every file is created relative to a
 descriptor with ``O_NOFOLLOW``/``O_EXCL``, directories are opened without following symlinks, and
 a member is never written through a symlink. Modes are applied with the setuid/setgid/sticky bits
 cleared; modification times are kept. Owners in the archive are ignored: everything belongs to
-the user extracting (root, for dkms), which is where upstream's files end up too. Directories
-that appear only as parents of members get mode 0755. After a refusal the caller removes
+the user extracting (root, for dkms). Upstream's archives, written by root, hold root anyway, and
+restoring the owners of an archive from the network would hand files under /usr/src to whatever
+uids it names. Directories that appear only as parents of members get mode 0755. After a refusal the caller removes
 ``staging``; nothing was written anywhere else.
 """
 
