@@ -231,6 +231,18 @@ def test_generated_trees_round_trip(
         got = extract(archive, out)
         assert snapshot(out) == snapshot(src)
         assert got.layout is Layout.SOURCE and got.dkms_conf is None
+        # and both ways with GNU tar (its archive of "." has a "./" member for the top directory)
+        flags = GNU_TAR_FLAGS[compression]
+        gnu_out = Path(tmp) / "gnu-out"
+        gnu_out.mkdir()
+        gnu_tar(*flags, "-C", str(gnu_out), "-xf", str(archive))
+        assert snapshot(gnu_out) == snapshot(src)
+        gnu_archive = Path(tmp) / ("gnu" + SUFFIX[compression])
+        gnu_tar(*flags, "-C", str(src), "-cf", str(gnu_archive), ".")
+        ours = Path(tmp) / "ours"
+        ours.mkdir()
+        extract(gnu_archive, ours)
+        assert snapshot(ours) == snapshot(src)
 
 
 def test_output_is_reproducible(tmp_path: Path) -> None:
