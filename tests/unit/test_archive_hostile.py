@@ -8,6 +8,7 @@ compression; a second family truncates, corrupts and replaces valid archives.
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import random
 import shutil
@@ -316,6 +317,24 @@ def test_deep_names_and_long_symlink_chains_are_bounded() -> None:
         archive = s.root / "a.tar"
         archive.write_bytes(tar_bytes(chain))
         assert extract(archive, s.staging).members == 31
+
+
+def test_decoder_memory_is_limited() -> None:
+    """xz -9 needs a 64 MiB dictionary to decode: beyond the limit, the archive is refused."""
+    data = tar_bytes([file("f", b"x" * 5000)])
+    for compression, packed in [
+        (Compression.XZ, lzma.compress(data, preset=9)),
+        (Compression.LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
+        (Compression.ZSTD, subprocess.run(["zstd", "-q", "-c", "--ultra", "-22", "--long=27"], input=data,
+                                          capture_output=True, check=True).stdout),
+    ]:  # fmt: skip
+        with site() as s:
+            archive = s.root / ("a" + SUFFIX[compression])
+            archive.write_bytes(packed)
+            with pytest.raises(DkmsError) as caught:
+                extract(archive, s.staging, Limits(max_decoder_memory=16 << 20))
+            assert caught.value.code == 7 and "memory" in caught.value.message, caught.value.message
+            assert extract(archive, s.staging).members == 1  # within the default limit
 
 
 def test_escaped_names_in_messages() -> None:

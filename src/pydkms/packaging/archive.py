@@ -421,20 +421,15 @@ class _Extractor:
 
     def corrupt(self, detail: str) -> DkmsError:
         where = f", after member {_shown(self.current)}" if self.current is not None else ""
-        return DkmsError(
-            EXIT_BAD_ARCHIVE,
-            f"Cannot read archive {self.archive}: it is truncated or corrupt ({detail}{where}).",
+        return compression.CorruptInput(
+            f"Cannot read archive {self.archive}: it is truncated or corrupt ({detail}{where})."
         )
 
     def ended(self, kind: str) -> DkmsError:
         if self.current is None:
             if kind == "no-end":
-                return DkmsError(
-                    EXIT_BAD_ARCHIVE, f"Cannot read archive {self.archive}: it holds no tar data."
-                )
-            return DkmsError(
-                EXIT_BAD_ARCHIVE, f"Cannot read archive {self.archive}: it is not a tar archive."
-            )
+                return compression.CorruptInput(f"Cannot read archive {self.archive}: it holds no tar data.")
+            return compression.CorruptInput(f"Cannot read archive {self.archive}: it is not a tar archive.")
         detail = {
             "no-end": "it ends without an end-of-archive block",
             "truncated-header": "it ends inside a header",
@@ -450,6 +445,12 @@ class _Extractor:
             raise self.refuse(r.problem, r.member) from None
         except _Ended as e:
             raise self.ended(e.kind) from None
+        except compression.DecoderMemoryLimit:
+            raise DkmsError(
+                EXIT_BAD_ARCHIVE,
+                f"Refusing archive {self.archive}: decompressing it needs more than the limit of "
+                f"{_size_text(self.limits.max_decoder_memory)} of memory.",
+            ) from None
         except _StreamTooLong:
             raise self.refuse(
                 f"makes the uncompressed archive longer than the limit of {_size_text(self.limits.max_stream_size)}"

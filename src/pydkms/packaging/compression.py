@@ -129,6 +129,17 @@ def require_tool(compression: Compression, purpose: str) -> str:
     return found
 
 
+class CorruptInput(DkmsError):
+    """The archive's data is truncated or corrupt (exit 7)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(7, message)
+
+
+class DecoderMemoryLimit(Exception):
+    """Decompressing the data needs more memory than the limit allows."""
+
+
 class _LzmaReader(io.RawIOBase):
     """A streaming reader of .xz and .lzma data (concatenated streams too) with a memory limit.
 
@@ -163,7 +174,12 @@ class _LzmaReader(io.RawIOBase):
                         raise EOFError("the compressed data ends before the end of its stream")
                 else:
                     data = b""
-                chunk = self._decoder.decompress(data, max_length=len(out))
+                try:
+                    chunk = self._decoder.decompress(data, max_length=len(out))
+                except lzma.LZMAError as exc:
+                    if "memory" in str(exc).lower():
+                        raise DecoderMemoryLimit() from None
+                    raise
                 if chunk:
                     out[: len(chunk)] = chunk
                     return len(chunk)
@@ -173,7 +189,7 @@ class _LzmaReader(io.RawIOBase):
 def _first_line(stream: IO[bytes]) -> str:
     stream.seek(0)
     text = stream.read(4096).decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else ""
+    return " ".join(text.splitlines()[0].split()) if text else ""
 
 
 @contextlib.contextmanager
@@ -196,14 +212,29 @@ def reader(raw: BinaryIO, compression: Compression, archive: Path, memlimit: int
             yield xz
     else:
         program = require_tool(compression, f"read {archive}")
+        name = TOOLS[compression][0]
         argv = [program, "-d", "-c", "-q"]
         if compression is Compression.ZSTD:
             argv.append(f"--memory={max(1, memlimit >> 20)}MB")
         with tempfile.TemporaryFile() as errors:
             proc = runner.start(argv, stdin=raw, stdout=subprocess.PIPE, stderr=errors)
             assert proc.stdout is not None
+
+            def failed(rc: int) -> DkmsError:
+                detail = _first_line(errors) or f"exit status {rc}"
+                return CorruptInput(
+                    f"Cannot read archive {archive}: it is truncated or corrupt ({name}: {detail})."
+                )
+
             try:
                 yield proc.stdout
+            except CorruptInput:
+                # the data ended or broke because the program failed: its own message says why
+                proc.stdout.close()
+                rc = proc.wait()
+                if rc > 0:
+                    raise failed(rc) from None
+                raise
             except BaseException:
                 proc.kill()
                 raise
@@ -211,10 +242,7 @@ def reader(raw: BinaryIO, compression: Compression, archive: Path, memlimit: int
                 proc.stdout.close()
                 rc = proc.wait()
             if rc != 0:
-                detail = _first_line(errors) or f"exit status {rc}"
-                raise DkmsError(
-                    7, f"Cannot read archive {archive}: it is truncated or corrupt ({program}: {detail})."
-                )
+                raise failed(rc)
 
 
 @contextlib.contextmanager
@@ -241,6 +269,7 @@ def writer(raw: BinaryIO, compression: Compression, archive: Path) -> Iterator[I
             yield alone
     else:
         program = require_tool(compression, f"write {archive}")
+        name = TOOLS[compression][0]
         raw.flush()
         with tempfile.TemporaryFile() as errors:
             proc = runner.start([program, "-q", "-c"], stdin=subprocess.PIPE, stdout=raw, stderr=errors)
@@ -251,7 +280,7 @@ def writer(raw: BinaryIO, compression: Compression, archive: Path) -> Iterator[I
             except BrokenPipeError:
                 proc.wait()
                 detail = _first_line(errors) or "it stopped reading its input"
-                raise DkmsError(6, f"Cannot write archive {archive}: {program} failed: {detail}.") from None
+                raise DkmsError(6, f"Cannot write archive {archive}: {name} failed: {detail}.") from None
             except BaseException:
                 proc.kill()
                 raise
@@ -259,7 +288,7 @@ def writer(raw: BinaryIO, compression: Compression, archive: Path) -> Iterator[I
                 rc = proc.wait()
             if rc != 0:
                 detail = _first_line(errors) or f"exit status {rc}"
-                raise DkmsError(6, f"Cannot write archive {archive}: {program} failed: {detail}.")
+                raise DkmsError(6, f"Cannot write archive {archive}: {name} failed: {detail}.")
 
 
 def fsync(raw: BinaryIO) -> None:
