@@ -36,6 +36,8 @@ pick_headers() {
 
 install_build_tools() {
     apt_install gcc make libc6-dev kmod openssl xz-utils zstd patch bc cpio dpkg-dev binutils
+    # the archive tests cross compressed archives with GNU tar (bzip2 and lz4 are its helpers)
+    apt_install bzip2 lz4
 }
 
 install_headers() {

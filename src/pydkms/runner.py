@@ -174,3 +174,30 @@ def run_logged(
             f"{'-' * 64}\n".encode()
         )
     return proc.returncode
+
+
+def start(
+    argv: Sequence[StrPath],
+    *,
+    stdin: Union[int, IO[bytes]],
+    stdout: Union[int, IO[bytes]],
+    stderr: Union[int, IO[bytes]],
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` without waiting for it, for a filter that data streams through.
+
+    A decompressor reading an archive into a pipe, or a compressor writing one from a pipe: the
+    caller reads or writes the pipes and must ``wait()`` for the process (and kill it when it gives
+    up early). A missing program raises DkmsError(1) naming it, like :func:`run`.
+    """
+    args = [os.fspath(a) for a in argv]
+    _trace(args, None)
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr)
+    except FileNotFoundError as exc:
+        raise DkmsError(
+            1,
+            f"Program '{args[0]}' was not found.",
+            hint="Install the package that provides it (see the README's set-up command).",
+        ) from exc
+    except OSError as exc:
+        raise DkmsError(1, f"Program '{args[0]}' cannot be executed: {exc.strerror or exc}.") from exc
