@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
-from .confeval import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, evaluate
+from .confeval import (
+    Construct,
+    EvalMode,
+    EvalRequest,
+    EvalResult,
+    OutsideSubsetError,
+    TooDeepError,
+    evaluate,
+)
 from .confeval.protocol import DKMS_CONF_WHITELIST
 from .distro import Distro
 from .errors import ConfError, DkmsError
@@ -223,6 +231,10 @@ class ConfReader:
         context = self._context(m, v, kernel)
         try:
             result = self._evaluate(files, context, strict)
+        except TooDeepError as exc:
+            raise ConfError(
+                f'{exc.construct}. Such a file is refused unless conf_evaluation="bash" lets bash read it.'
+            ) from exc
         except OutsideSubsetError as exc:
             c = exc.construct
             raise ConfError(

@@ -35,6 +35,8 @@ class Construct:
     file: Path
     line: int
     text: str  # short description of the construct, e.g. "command substitution $(...)"
+    #: nested too deep to be read at all: refused in every mode but ``bash``, never handed to bash
+    too_deep: bool = False
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.text}"
@@ -90,6 +92,10 @@ class OutsideSubsetError(Exception):
         self.construct = construct
 
 
+class TooDeepError(OutsideSubsetError):
+    """A file nests quotes and expansions too deep to be read (in every mode but ``bash``)."""
+
+
 class BashEvaluationError(Exception):
     """bash could not be run, or did not complete the protocol."""
 
@@ -111,6 +117,7 @@ __all__ = [
     "EvalRequest",
     "EvalResult",
     "OutsideSubsetError",
+    "TooDeepError",
     "evaluate",
     "evaluate_many",
 ]
