@@ -79,8 +79,9 @@ class EvalResult:
     stderr: str = ""
     #: names of context/environment variables the data evaluator read; None when bash was used.
     dependencies: Optional[FrozenSet[str]] = field(default=None)
-    #: data evaluator only: the (file, line) of the assignment that gave each element its value
-    #: (name -> index -> (file, line)), so validation errors can name the line.
+    #: the (file, line) of the assignment that gave each element its value (name -> index ->
+    #: (file, line)), so validation errors can name it; bash names only the file (line 0): the
+    #: last file of the chain that changed the element.
     origins: Optional[Mapping[str, Mapping[int, Tuple[Path, int]]]] = field(default=None)
 
 

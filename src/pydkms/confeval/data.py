@@ -1360,6 +1360,9 @@ class Evaluation:
         self.origins: Dict[str, Tuple[Path, int]] = {}
         #: where each whitelisted element got its value: name -> index -> (file, line)
         self.element_origins: Dict[str, Dict[int, Tuple[Path, int]]] = {}
+        #: the assignments of the file being run; they count once the echo step prints the element
+        #: (an element the file assigns and then unsets keeps the earlier file's value and origin)
+        self._pending: Dict[str, Dict[int, Tuple[Path, int]]] = {}
         self._file: Optional[ParsedFile] = None
         self._where: str = "?"
 
@@ -1475,7 +1478,7 @@ class Evaluation:
                     value = self._word(scope, a.value)
                     arr = self._own(scope, owned, a.name)
                     arr[a.idx] = (arr.get(a.idx, "") + value) if a.append else value
-                    self.element_origins.setdefault(a.name, {})[a.idx] = where
+                    self._pending.setdefault(a.name, {})[a.idx] = where
                 else:
                     values = [(idx, self._word(scope, w)) for idx, w in a.elems]
                     if a.append:
@@ -1488,7 +1491,7 @@ class Evaluation:
                     for idx, v in values:
                         i = nxt if idx is None else idx
                         arr[i] = v
-                        self.element_origins.setdefault(a.name, {})[i] = where
+                        self._pending.setdefault(a.name, {})[i] = where
                         nxt = i + 1
                 self.origins[a.name] = where
         elif isinstance(st, Export):
@@ -1496,7 +1499,7 @@ class Evaluation:
             for a, v in zip(st.assigns, exported):
                 self._own(scope, owned, a.name)[0] = v
                 self.origins[a.name] = (pf.path, line)
-                self.element_origins.setdefault(a.name, {})[0] = (pf.path, line)
+                self._pending.setdefault(a.name, {})[0] = (pf.path, line)
         else:
             for t in st.targets:
                 if t.name in self.ctx_objs:
@@ -1605,9 +1608,11 @@ class Evaluation:
         touched = _targets(st)
         saved = {n: (scope.get(n), n in owned) for n in touched}
         saved = {n: (dict(v) if (v is not None and o) else v, o) for n, (v, o) in saved.items()}
+        saved_origins = {n: dict(self._pending.get(n, {})) for n in touched}
         try:
             self._exec(scope, owned, st, pf)
         except _Outside as exc:
+            self._pending.update(saved_origins)
             for n, (v, was_owned) in saved.items():
                 if v is None:
                     scope.pop(n, None)
@@ -1621,6 +1626,7 @@ class Evaluation:
 
     def run_file(self, pf: ParsedFile) -> None:
         self._file = pf
+        self._pending = {}
         scope: Dict[str, Arr] = dict(self.parent)
         owned: Set[str] = set()
         for item in pf.items:
@@ -1645,8 +1651,11 @@ class Evaluation:
                 continue
             if self.ctx_objs.get(name) is arr:
                 self.deps.add(name)
-            where = self.origins.get(name, (pf.path, 0))
+            pending = self._pending.get(name, {})
+            known = self.element_origins.get(name, {})
+            fallback = self.origins.get(name, (pf.path, 0))
             for index in sorted(arr):
+                where = pending.get(index) or known.get(index) or fallback
                 try:
                     content = self._echo_content(name, index, arr[index], where)
                     value = self._second_pass(content, where, f"{name}[{index}]")
@@ -1656,6 +1665,8 @@ class Evaluation:
                     self._skip(exc.construct, f"{name}[{index}]")
                     continue
                 self._parent_set(parent_owned, name, index, value)
+                if index in pending:
+                    self.element_origins.setdefault(name, {})[index] = pending[index]
         for name, raw in self.injections:
             where = (pf.path, 0)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
@@ -182,7 +183,7 @@ def _guarded(step: Callable[[], _T], *files: Path) -> _T:
 
 
 def _with_outside(res: EvalResult, construct: Optional[Construct]) -> EvalResult:
-    return EvalResult(values=res.values, evaluator=res.evaluator, outside=construct, stderr=res.stderr)
+    return replace(res, outside=construct)
 
 
 def _bash_raw(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -> List[EvalResult]:
