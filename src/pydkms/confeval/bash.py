@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .. import runner
 from . import Arrays, BashEvaluationError, BashTimeoutError, EvalResult
 from .data import decode, normalize_crlf, valid_name
 
@@ -265,26 +265,16 @@ def evaluate_bash_many(
         with open(os.path.join(tmpdir, "in"), "wb") as fh:
             fh.write(b"".join(x + b"\0" for x in fields))
         limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        argv = [exe, "--norc", "--noprofile", "-c", _DRIVER, "dkms", tmpdir]
         with open(os.path.join(tmpdir, "stdout"), "wb") as out_fh:
+            # bash and all it starts die with dkms (Ctrl-C, SIGTERM, SIGKILL), and nothing the
+            # files started in the background outlives the evaluation
             try:
-                proc = subprocess.Popen(
-                    [exe, "--norc", "--noprofile", "-c", _DRIVER, "dkms", tmpdir],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_fh,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BashEvaluationError(f"cannot start bash: {exc}") from exc
-            try:
-                rc = proc.wait(timeout=limit)
+                with runner.process_group(argv, env=env, stdout=out_fh, stderr=subprocess.STDOUT) as proc:
+                    rc = runner.wait_group(proc, timeout=limit)
+            except runner.StartFailed as exc:
+                raise BashEvaluationError(f"cannot start bash: {exc.error}") from exc
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                proc.wait()
                 names = ", ".join(os.fspath(f) for f in files)
                 raise BashTimeoutError(
                     f"evaluating {names} with bash did not finish within {limit:g} seconds (killed)"
@@ -432,13 +422,7 @@ def syntax_error(path: Path, environ: Mapping[str, str]) -> Optional[str]:
         return None
     with tempfile.TemporaryDirectory(prefix="pydkms-bash.") as tmp:
         target = _as_evaluated(path, os.path.join(tmp, "conf"))
-        proc = subprocess.run(
-            [exe, "--norc", "--noprofile", "-n", target],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=_bash_env(environ),
-            check=False,
-        )
+        proc = runner.run([exe, "--norc", "--noprofile", "-n", target], env=_bash_env(environ))
     if proc.returncode == 0:
         return None
     lines = decode(proc.stderr).splitlines()
