@@ -1228,16 +1228,10 @@ class ParsedFile:
     def line_of(self, pos: int) -> int:
         return bisect_right(self.line_starts, pos)
 
-    def first_outside(self) -> Optional[Construct]:
+    def first_outside(self, too_deep: bool = False) -> Optional[Construct]:
+        """The first statement outside the subset; with ``too_deep``, the first nested too deep."""
         for item in self.items:
-            if isinstance(item, Skipped):
-                return self.construct(item)
-        return None
-
-    def first_too_deep(self) -> Optional[Construct]:
-        """The first statement nested beyond :data:`MAX_NESTING`, if any."""
-        for item in self.items:
-            if isinstance(item, Skipped) and item.too_deep:
+            if isinstance(item, Skipped) and (item.too_deep or not too_deep):
                 return self.construct(item)
         return None
 
@@ -1725,19 +1719,13 @@ def evaluate_parsed(
     return ev.result()
 
 
-def first_outside(files: Sequence[ParsedFile]) -> Optional[Construct]:
-    """The first statement outside the subset in the chain (parse level only)."""
-    for pf in files:
-        c = pf.first_outside()
-        if c is not None:
-            return c
-    return None
+def first_outside(files: Sequence[ParsedFile], too_deep: bool = False) -> Optional[Construct]:
+    """The first statement outside the subset in the chain (parse level only).
 
-
-def first_too_deep(files: Sequence[ParsedFile]) -> Optional[Construct]:
-    """The first statement of the chain nested beyond :data:`MAX_NESTING` (parse level only)."""
+    With ``too_deep``, the first one nested beyond :data:`MAX_NESTING`.
+    """
     for pf in files:
-        c = pf.first_too_deep()
+        c = pf.first_outside(too_deep)
         if c is not None:
             return c
     return None

@@ -111,7 +111,7 @@ def evaluate_many(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -
 
     parsed = [_guarded(partial(_data.parse_file, f), f) for f in request.files]
     # Nesting beyond the limit is no real-world file: it is refused, also where bash would read it.
-    deep = _data.first_too_deep(parsed)
+    deep = _data.first_outside(parsed, too_deep=True)
     if deep is not None:
         raise TooDeepError(deep)
     lenient = request.mode is EvalMode.DATA and not request.strict
