@@ -180,6 +180,33 @@ def test_signal_while_bash_evaluates_a_conf_leaves_no_bash_behind(
     assert not (s.dkms_tree / "slowconf").exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signal_during_a_script_kills_the_script_and_what_it_started(
+    bare_scratch: Scratch, sig: signal.Signals
+) -> None:
+    """Scripts run in dkms' own process group (they may talk to the terminal): the token finds them."""
+    s = bare_scratch
+    started = s.root / "started"
+    src = s.source_tree / "slowscript-1.0"
+    src.mkdir()
+    (src / "dkms.conf").write_text(
+        "PACKAGE_NAME=slowscript\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=slowscript\n"
+        "DEST_MODULE_LOCATION[0]=/updates\nPOST_ADD=post-add.sh\n"
+    )
+    script = src / "post-add.sh"
+    script.write_text(f"#!/bin/sh\nsleep 30 &\ntouch {started}\nsleep 30\n")
+    script.chmod(0o755)
+    proc = spawn(s, "add", "slowscript/1.0")
+    try:
+        wait_for(started.exists, 30, "the POST_ADD script did not start")
+        children = descendants(proc.pid)
+        assert len(children) >= 3, children  # the script and its two sleeps
+    finally:
+        os.kill(proc.pid, sig)
+        proc.communicate(timeout=20)
+    wait_for(lambda: not alive(children), 5, f"still running after dkms ended: {alive(children)}")
+
+
 def test_a_logged_step_leaves_nothing_running_behind(tmp_path: Path) -> None:
     """What a build step starts in the background ends with the step."""
     code = (
