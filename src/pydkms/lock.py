@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import runner
 from .errors import DkmsError
 
 ENV_LOCKED = "PYDKMS_LOCKED_TREE"
@@ -107,6 +108,8 @@ class TreeLock:
         except OSError:
             pass
         self._fd = fd
+        # should dkms be killed, the lock stays taken until its children (make, …) are dead
+        runner.hold_lock_for_children(fd)
         os.environ[ENV_LOCKED] = real
         return True
 
@@ -116,6 +119,8 @@ class TreeLock:
                 os.ftruncate(self._fd, 0)
             except OSError:
                 pass
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # also for the watchdog's duplicate
             os.close(self._fd)
+            runner.release_lock_for_children(self._fd)
             self._fd = None
             os.environ.pop(ENV_LOCKED, None)

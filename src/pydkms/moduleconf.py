@@ -21,6 +21,7 @@ from .confeval import (
     EvalResult,
     OutsideSubsetError,
     RefusedConfError,
+    TooDeepError,
     evaluate,
 )
 from .confeval.protocol import DKMS_CONF_WHITELIST
@@ -231,6 +232,10 @@ class ConfReader:
         except RefusedConfError as exc:
             c = exc.construct
             raise ConfError(f"{c.file}:{c.line}: {c.text}; the file is refused.") from exc
+        except TooDeepError as exc:
+            raise ConfError(
+                f'{exc.construct}. Such a file is refused unless conf_evaluation="bash" lets bash read it.'
+            ) from exc
         except OutsideSubsetError as exc:
             c = exc.construct
             raise ConfError(
@@ -329,7 +334,10 @@ class ConfReader:
             where = origins.get(directive, {}).get(index)
             if where is None and directive in family:
                 where = next((origins[n][index] for n in family if index in origins.get(n, {})), None)
-            errors.append(f"{where[0]}:{where[1]}: {message}" if where else f"{conf}: {message}")
+            if where is None:
+                errors.append(f"{conf}: {message}")
+            else:  # line 0: bash evaluated the chain, so only the file that set the value is known
+                errors.append(f"{where[0]}:{where[1]}: {message}" if where[1] else f"{where[0]}: {message}")
 
         name = values.get("PACKAGE_NAME", {}).get(0, "")
         version = values.get("PACKAGE_VERSION", {}).get(0, "")

@@ -35,6 +35,8 @@ class Construct:
     file: Path
     line: int
     text: str  # short description of the construct, e.g. "command substitution $(...)"
+    #: nested too deep to be read at all: refused in every mode but ``bash``, never handed to bash
+    too_deep: bool = False
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.text}"
@@ -77,8 +79,9 @@ class EvalResult:
     stderr: str = ""
     #: names of context/environment variables the data evaluator read; None when bash was used.
     dependencies: Optional[FrozenSet[str]] = field(default=None)
-    #: data evaluator only: the (file, line) of the assignment that gave each element its value
-    #: (name -> index -> (file, line)), so validation errors can name the line.
+    #: the (file, line) of the assignment that gave each element its value (name -> index ->
+    #: (file, line)), so validation errors can name it; bash names only the file (line 0): the
+    #: last file of the chain that changed the element.
     origins: Optional[Mapping[str, Mapping[int, Tuple[Path, int]]]] = field(default=None)
 
 
@@ -97,6 +100,10 @@ class RefusedConfError(OutsideSubsetError):
     that a glob in a value matches could run as code. The data evaluator expands them itself and
     refuses when the result would be code or cannot be reproduced exactly; bash is not used instead.
     """
+
+
+class TooDeepError(OutsideSubsetError):
+    """A file nests quotes and expansions too deep to be read (in every mode but ``bash``)."""
 
 
 class BashEvaluationError(Exception):
@@ -121,6 +128,7 @@ __all__ = [
     "EvalResult",
     "OutsideSubsetError",
     "RefusedConfError",
+    "TooDeepError",
     "evaluate",
     "evaluate_many",
 ]

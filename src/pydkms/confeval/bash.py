@@ -10,15 +10,17 @@ their stderr captured. Results come back NUL-separated in a private file; every 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import BashEvaluationError, BashTimeoutError, EvalResult
+from .. import runner
+from . import Arrays, BashEvaluationError, BashTimeoutError, EvalResult
 from .data import decode, normalize_crlf, valid_name
 
 #: Default limit for one bash process (all files and contexts of one call).
@@ -50,7 +52,15 @@ shopt -s extglob
 
 mktemp_or_die() {
     local t
-    t=$(mktemp "$@") && echo "$t" && return
+    if (($# == 0)) && [[ -n ${_pydkms_cur-} ]]; then
+        # safe_source's file of values, for context.file $_pydkms_cur: made among pydkms' own files
+        # and kept under a second name when safe_source removes it, so that bash's complaints
+        # about a value it re-reads can be traced to the value and its file
+        t=$_pydkms_dir/reread.$_pydkms_cur.$BASHPID
+        : >"$t" && { ln -- "$t" "$t.keep" 2>/dev/null; echo "$t"; return; }
+    else
+        t=$(mktemp "$@") && echo "$t" && return
+    fi
     echo "pydkms: Unable to make temporary file." >&2
     exit 1
 }
@@ -95,6 +105,18 @@ safe_source() {
 
 _pydkms_dir=$1
 set --
+# the whitelisted values as records, then the tag $1: after each file but the last (F), and at
+# the end of a context (E)
+_pydkms_values() {
+    for _pydkms_v in $_pydkms_whitelist; do
+        eval '_pydkms_idx=("${!'"$_pydkms_v"'[@]}")'
+        for _pydkms_i in "${_pydkms_idx[@]}"; do
+            eval '_pydkms_x=${'"$_pydkms_v"'[$_pydkms_i]}'
+            printf 'V\0%s\0%s\0%s\0' "$_pydkms_v" "$_pydkms_i" "$_pydkms_x" >&"$_pydkms_out"
+        done
+    done
+    printf '%s\0' "$1" >&"$_pydkms_out"
+}
 exec {_pydkms_in}<"$_pydkms_dir/in"
 _pydkms_read() { IFS= read -r -d '' "$1" <&"$_pydkms_in"; }
 _pydkms_read _pydkms_whitelist
@@ -141,18 +163,16 @@ for ((_pydkms_c = 0; _pydkms_c < _pydkms_nctx; _pydkms_c++)); do
         esac
     done
     {
-        for _pydkms_f in "${_pydkms_files[@]}"; do
-            safe_source "$_pydkms_f" "$_pydkms_whitelist" {_pydkms_out}>&-
+        for ((_pydkms_j = 0; _pydkms_j < ${#_pydkms_files[@]}; _pydkms_j++)); do
+            _pydkms_cur=$_pydkms_c.$_pydkms_j
+            safe_source "${_pydkms_files[_pydkms_j]}" "$_pydkms_whitelist" {_pydkms_out}>&-
+            if ((_pydkms_j + 1 < ${#_pydkms_files[@]})); then
+                _pydkms_values F
+            fi
         done
+        _pydkms_cur=
     } >>"$_pydkms_dir/err.$_pydkms_c" 2>&1
-    for _pydkms_v in $_pydkms_whitelist; do
-        eval '_pydkms_idx=("${!'"$_pydkms_v"'[@]}")'
-        for _pydkms_i in "${_pydkms_idx[@]}"; do
-            eval '_pydkms_x=${'"$_pydkms_v"'[$_pydkms_i]}'
-            printf 'V\0%s\0%s\0%s\0' "$_pydkms_v" "$_pydkms_i" "$_pydkms_x" >&"$_pydkms_out"
-        done
-    done
-    printf 'E\0' >&"$_pydkms_out"
+    _pydkms_values E
 done
 exit 0
 """
@@ -245,46 +265,105 @@ def evaluate_bash_many(
         with open(os.path.join(tmpdir, "in"), "wb") as fh:
             fh.write(b"".join(x + b"\0" for x in fields))
         limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        argv = [exe, "--norc", "--noprofile", "-c", _DRIVER, "dkms", tmpdir]
         with open(os.path.join(tmpdir, "stdout"), "wb") as out_fh:
+            # bash and all it starts die with dkms (Ctrl-C, SIGTERM, SIGKILL), and nothing the
+            # files started in the background outlives the evaluation
             try:
-                proc = subprocess.Popen(
-                    [exe, "--norc", "--noprofile", "-c", _DRIVER, "dkms", tmpdir],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_fh,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BashEvaluationError(f"cannot start bash: {exc}") from exc
-            try:
-                rc = proc.wait(timeout=limit)
+                with runner.process_group(argv, env=env, stdout=out_fh, stderr=subprocess.STDOUT) as proc:
+                    rc = runner.wait_group(proc, timeout=limit)
+            except runner.StartFailed as exc:
+                raise BashEvaluationError(f"cannot start bash: {exc.error}") from exc
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                proc.wait()
                 names = ", ".join(os.fspath(f) for f in files)
                 raise BashTimeoutError(
                     f"evaluating {names} with bash did not finish within {limit:g} seconds (killed)"
                 ) from None
-        return _collect(tmpdir, files, len(contexts), rc)
+        wl = set(whitelist)
+        starts = [{**initial, **{k: {0: v} for k, v in c.items() if k in wl}} for c in contexts]
+        return _collect(tmpdir, files, starts, rc)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> List[EvalResult]:
+Origins = Dict[str, Dict[int, Tuple[Path, int]]]
+
+
+def _origins(
+    files: Sequence[Path], start: Mapping[str, Mapping[int, str]], states: Sequence[Arrays]
+) -> Origins:
+    """For each element, the last file that changed it (line 0: bash does not say which line).
+
+    ``states`` are the values after each file; ``start`` those before the first one.
+    """
+    origins: Origins = {}
+    before = start
+    for path, state in zip(files, states):
+        for name, arr in state.items():
+            old = before.get(name, {})
+            for idx, val in arr.items():
+                if old.get(idx) != val:
+                    origins.setdefault(name, {})[idx] = (path, 0)
+        before = state
+    return origins
+
+
+_ASSIGNED_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\[[0-9]+\])?=")
+
+
+def _reread_what(keep: str, line: int) -> str:
+    """Which value line ``line`` of a kept file of values re-reads (``MAKE[0]``), or ''."""
+    try:
+        with open(keep, "rb") as fh:
+            lines = decode(fh.read()).split("\n")
+    except OSError:
+        return ""
+    for text in reversed(lines[: max(line, 0)]):
+        m = _ASSIGNED_RE.match(text)
+        if m is not None:
+            return m.group(0)[:-1] if m.group(2) else f"DKMS_DIRECTIVE {m.group(1)}"
+    return ""
+
+
+def _real_names(text: str, tmpdir: str, files: Sequence[Path]) -> str:
+    """bash's messages with pydkms' temporary files replaced by the files they stand for.
+
+    A CRLF-normalised copy keeps the lines of its file; a complaint about safe_source's file of
+    values names the file that was sourced and the value being re-read.
+    """
+    if tmpdir not in text:
+        return text
+    pattern = re.compile(
+        re.escape(tmpdir) + r"/(?:conf\.([0-9]+)|reread\.[0-9]+\.([0-9]+)\.[0-9]+)(?:: line ([0-9]+))?"
+    )
+
+    def real(m: re.Match[str]) -> str:
+        k = int(m.group(1) if m.group(1) is not None else m.group(2))
+        if k >= len(files):
+            return m.group(0)
+        if m.group(1) is not None:
+            return os.fspath(files[k]) + (f": line {m.group(3)}" if m.group(3) else "")
+        what = _reread_what(m.group(0).split(":", 1)[0] + ".keep", int(m.group(3) or 0))
+        return f"{os.fspath(files[k])}: while re-reading {what or 'its values'}"
+
+    return pattern.sub(real, text)
+
+
+def _collect(
+    tmpdir: str, files: Sequence[Path], starts: Sequence[Mapping[str, Mapping[int, str]]], rc: int
+) -> List[EvalResult]:
+    ncontexts = len(starts)
     try:
         with open(os.path.join(tmpdir, "out"), "rb") as fh:
             raw = fh.read()
     except OSError:
         raw = b""
     with open(os.path.join(tmpdir, "stdout"), "rb") as fh:
-        driver_out = decode(fh.read())
+        driver_out = _real_names(decode(fh.read()), tmpdir, files)
     records = raw.split(b"\0")
     results: List[EvalResult] = []
-    values: Dict[str, Dict[int, str]] = {}
+    states: List[Arrays] = []
+    values: Arrays = {}
     k = 0
     while k < len(records) and len(results) < ncontexts:
         tag = records[k]
@@ -295,15 +374,21 @@ def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> Lis
                 values.setdefault(name, {})[int(idx)] = val
             except ValueError:
                 continue
+        elif tag == b"F":
+            k += 1
+            states.append(values)
+            values = {}
         elif tag == b"E":
             k += 1
             c = len(results)
             try:
                 with open(os.path.join(tmpdir, f"err.{c}"), "rb") as fh:
-                    err = decode(fh.read())
+                    err = _real_names(decode(fh.read()), tmpdir, files)
             except OSError:
                 err = ""
-            results.append(EvalResult(values=values, evaluator="bash", stderr=err))
+            origins = _origins(files, starts[c], [*states, values])
+            results.append(EvalResult(values=values, evaluator="bash", stderr=err, origins=origins))
+            states = []
             values = {}
         else:
             break
@@ -313,7 +398,7 @@ def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> Lis
         for c in range(len(results), ncontexts):
             try:
                 with open(os.path.join(tmpdir, f"err.{c}"), "rb") as fh:
-                    detail += decode(fh.read())
+                    detail += _real_names(decode(fh.read()), tmpdir, files)
             except OSError:
                 pass
         raise BashEvaluationError(
@@ -322,7 +407,7 @@ def _collect(tmpdir: str, files: Sequence[Path], ncontexts: int, rc: int) -> Lis
         )
     if driver_out and results:
         last = results[-1]
-        results[-1] = EvalResult(values=last.values, evaluator="bash", stderr=last.stderr + driver_out)
+        results[-1] = replace(last, stderr=last.stderr + driver_out)
     return results
 
 
@@ -337,13 +422,7 @@ def syntax_error(path: Path, environ: Mapping[str, str]) -> Optional[str]:
         return None
     with tempfile.TemporaryDirectory(prefix="pydkms-bash.") as tmp:
         target = _as_evaluated(path, os.path.join(tmp, "conf"))
-        proc = subprocess.run(
-            [exe, "--norc", "--noprofile", "-n", target],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=_bash_env(environ),
-            check=False,
-        )
+        proc = runner.run([exe, "--norc", "--noprofile", "-n", target], env=_bash_env(environ))
     if proc.returncode == 0:
         return None
     lines = decode(proc.stderr).splitlines()

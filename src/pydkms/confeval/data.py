@@ -252,6 +252,8 @@ class Skipped(NamedTuple):
     text: str
     start: int
     end: int
+    #: nested deeper than :data:`MAX_NESTING`: refused, not handed to bash
+    too_deep: bool = False
 
 
 Statement = Union[Simple, Export, Unset]
@@ -263,6 +265,25 @@ class _Outside(Exception):
         super().__init__(text)
         self.pos = pos
         self.text = text
+
+
+#: How deep quotes and expansions (``"…"``, ``${…}``, ``$(…)``, backticks) may nest in one
+#: statement. Real dkms.conf files nest two or three levels; the limit keeps every recursive step
+#: of reading a file far from Python's recursion limit, whatever the input.
+MAX_NESTING = 32
+
+
+def too_deep_text(depth: int) -> str:
+    """The description of a construct nested ``depth`` levels deep (beyond the limit)."""
+    return f"quotes and expansions nested {depth} levels deep; the limit is {MAX_NESTING}"
+
+
+class _TooDeep(_Outside):
+    """Nesting beyond :data:`MAX_NESTING`; the text is completed by whoever measures the depth."""
+
+    def __init__(self, pos: int, depth: int = MAX_NESTING + 1) -> None:
+        super().__init__(pos, too_deep_text(depth))
+        self.depth = depth
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +346,12 @@ class _Parser:
         self.s = text
         self.n = len(text)
         self.i = 0
+        self.depth = 0  # quotes and ${...} open around the current position
+
+    def _nest(self, pos: int) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _TooDeep(pos)
 
     # -- character access (backslash-newline is removed outside single quotes and comments)
 
@@ -368,11 +395,19 @@ class _Parser:
             if self.i >= self.n:
                 return items
             start = self.i
+            self.depth = 0
             try:
                 items.append(self._statement())
             except _Outside as exc:
-                end = _Skimmer(self.s).statement_end(start)
-                items.append(Skipped(exc.pos, exc.text, start, end))
+                skimmer = _Skimmer(self.s)
+                end = skimmer.statement_end(start)
+                if isinstance(exc, _TooDeep) or skimmer.too_deep_at is not None:
+                    pos = exc.pos if isinstance(exc, _TooDeep) else skimmer.too_deep_at
+                    assert pos is not None
+                    depth = max(skimmer.deepest, MAX_NESTING + 1)
+                    items.append(Skipped(pos, too_deep_text(depth), start, end, True))
+                else:
+                    items.append(Skipped(exc.pos, exc.text, start, end))
                 self.i = end
 
     def _end_statement(self) -> None:
@@ -621,6 +656,13 @@ class _Parser:
     def _dq_body(self, closing: bool) -> List[Part]:
         """Contents of a double-quoted string; with ``closing`` up to and including the '"'."""
         opening = self.i - 1
+        self._nest(max(opening, 0))
+        try:
+            return self._dq_parts(closing, opening)
+        finally:
+            self.depth -= 1
+
+    def _dq_parts(self, closing: bool, opening: int) -> List[Part]:
         parts: List[Part] = []
         buf: List[str] = []
 
@@ -693,7 +735,11 @@ class _Parser:
             return Param(name, 0, "", None, dq, pos)
         if c == "{":
             self.i += 1
-            return self._brace(dq, pos)
+            self._nest(pos)
+            try:
+                return self._brace(dq, pos)
+            finally:
+                self.depth -= 1
         if c == "(":
             if self._after() == "(":
                 raise _Outside(pos, "arithmetic expansion `$((...))`")
@@ -865,14 +911,31 @@ _OPS = sorted(
 
 
 class _Skimmer:
-    """A forgiving bash tokenizer that knows enough structure to skip whole commands."""
+    """A forgiving bash tokenizer that knows enough structure to skip whole commands.
+
+    Nested quotes and expansions are followed with an explicit stack, not by recursion, so any
+    depth is skimmed; the deepest nesting seen is recorded for the depth limit.
+    """
 
     def __init__(self, text: str) -> None:
         self.s = text
         self.n = len(text)
+        #: the deepest nesting of quotes and expansions seen so far
+        self.deepest = 0
+        #: where the nesting first went beyond :data:`MAX_NESTING`
+        self.too_deep_at: Optional[int] = None
+        self._uncounted = 0  # frames on the stack that are plain parentheses, not nesting
 
-    def _skip_quoted(self, j: int) -> int:
-        """j at a quote/expansion start; returns the index after it."""
+    def _push(self, stack: List[List[Union[str, int]]], frame: List[Union[str, int]], j: int) -> None:
+        stack.append(frame)
+        depth = len(stack) - self._uncounted
+        if depth > self.deepest:
+            self.deepest = depth
+            if depth > MAX_NESTING and self.too_deep_at is None:
+                self.too_deep_at = j
+
+    def _open(self, stack: List[List[Union[str, int]]], j: int) -> int:
+        """At a quote, backslash or ``$`` at j: skip what has no inner structure, or open a frame."""
         s, n = self.s, self.n
         c = s[j]
         if c == "'":
@@ -880,56 +943,76 @@ class _Skimmer:
             return n if k < 0 else k + 1
         if c == "\\":
             return min(j + 2, n)
-        if c == "`":
-            k = j + 1
-            while k < n and s[k] != "`":
-                k += 2 if s[k] == "\\" else 1
-            return min(k + 1, n)
-        if c == '"':
-            k = j + 1
-            while k < n and s[k] != '"':
-                if s[k] == "\\":
-                    k += 2
-                elif s[k] == "$" or s[k] == "`":
-                    k = self._skip_quoted(k)
-                else:
-                    k += 1
-            return min(k + 1, n)
+        if c in '"`':
+            self._push(stack, [c, 0], j)
+            return j + 1
         if c == "$":
             nxt = s[j + 1] if j + 1 < n else ""
-            if nxt == "(":
-                return self._balanced(j + 1, "(", ")")
-            if nxt == "{":
-                return self._balanced(j + 1, "{", "}")
+            if nxt in ("(", "{"):
+                self._push(stack, [nxt, 1], j)
+                return j + 2
             if nxt == "'":
                 k = j + 2
                 while k < n and s[k] != "'":
                     k += 2 if s[k] == "\\" else 1
                 return min(k + 1, n)
             if nxt == '"':
-                return self._skip_quoted(j + 1)
-            return j + 1
+                self._push(stack, ['"', 0], j)
+                return j + 2
         return j + 1
 
-    def _balanced(self, j: int, open_c: str, close_c: str) -> int:
+    def _run(self, stack: List[List[Union[str, int]]], k: int) -> int:
+        """Scan from k until every open frame is closed; returns the index after the last one."""
         s, n = self.s, self.n
-        depth = 0
-        k = j
-        while k < n:
+        while stack:
+            if k >= n:
+                return n
+            top = stack[-1]
+            kind = top[0]
             c = s[k]
-            if c == open_c:
-                depth += 1
+            if kind == "`":
+                if c == "\\":
+                    k += 2
+                else:
+                    if c == "`":
+                        stack.pop()
+                    k += 1
+            elif kind == '"':
+                if c == '"':
+                    stack.pop()
+                    k += 1
+                elif c == "\\":
+                    k += 2
+                elif c in "$`":
+                    k = self._open(stack, k)
+                else:
+                    k += 1
+            elif c == kind:
+                top[1] = int(top[1]) + 1
                 k += 1
-            elif c == close_c:
-                depth -= 1
+            elif c == (")" if kind == "(" else "}"):
+                top[1] = int(top[1]) - 1
                 k += 1
-                if depth == 0:
-                    return k
+                if top[1] == 0:
+                    stack.pop()
             elif c in "'\"`\\$":
-                k = self._skip_quoted(k)
+                k = self._open(stack, k)
             else:
                 k += 1
-        return n
+        return min(k, n)
+
+    def _skip_quoted(self, j: int) -> int:
+        """j at a quote/expansion start; returns the index after it."""
+        stack: List[List[Union[str, int]]] = []
+        return self._run(stack, self._open(stack, j))
+
+    def _balanced(self, j: int) -> int:
+        """j at a plain ``(`` (not counted as nesting); the index after its matching ``)``."""
+        self._uncounted = 1
+        try:
+            return self._run([["(", 1]], j + 1)
+        finally:
+            self._uncounted = 0
 
     def token(self, j: int) -> Tuple[str, str, int]:
         """(kind, text, end) of the token at j; kind in EOF NL OP WORD."""
@@ -950,7 +1033,7 @@ class _Skimmer:
             k = s.find("\n", j)
             return self.token(n if k < 0 else k)
         if c in "<>" and j + 1 < n and s[j + 1] == "(":
-            end = self._balanced(j + 1, "(", ")")
+            end = self._balanced(j + 1)
             return "WORD", s[j:end], end
         for op in _OPS:
             if s.startswith(op, j):
@@ -964,7 +1047,7 @@ class _Skimmer:
                     if prev in "?*+@!" or (
                         prev == "=" and re.match(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=\Z", s[j:k])
                     ):
-                        k = self._balanced(k, "(", ")")
+                        k = self._balanced(k)
                         continue
                 break
             if c in "'\"`\\$":
@@ -1148,11 +1231,15 @@ class ParsedFile:
     def line_of(self, pos: int) -> int:
         return bisect_right(self.line_starts, pos)
 
-    def first_outside(self) -> Optional[Construct]:
+    def first_outside(self, too_deep: bool = False) -> Optional[Construct]:
+        """The first statement outside the subset; with ``too_deep``, the first nested too deep."""
         for item in self.items:
-            if isinstance(item, Skipped):
-                return Construct(self.path, self.line_of(item.pos), item.text)
+            if isinstance(item, Skipped) and (item.too_deep or not too_deep):
+                return self.construct(item)
         return None
+
+    def construct(self, item: Skipped) -> Construct:
+        return Construct(self.path, self.line_of(item.pos), item.text, item.too_deep)
 
 
 _CACHE: Dict[Tuple[str, int, int, int, int], ParsedFile] = {}
@@ -1192,16 +1279,29 @@ def clear_cache() -> None:
 _DQ_CACHE: Dict[str, Union[Word, _Outside]] = {}
 
 
+def _dq_depth(content: str) -> int:
+    """How deep quotes and expansions nest in ``content`` read as a double-quoted string."""
+    skimmer = _Skimmer(content)
+    stack: List[List[Union[str, int]]] = []
+    skimmer._push(stack, ['"', 0], 0)
+    skimmer._run(stack, 0)
+    return skimmer.deepest
+
+
 def _parse_dq_cached(content: str) -> Word:
     hit = _DQ_CACHE.get(content)
     if hit is None:
         try:
             hit = parse_dq_content(content)
+        except _TooDeep:
+            hit = _TooDeep(0, max(_dq_depth(content), MAX_NESTING + 1))
         except _Outside as exc:
             hit = exc
         if len(_DQ_CACHE) > 4096:
             _DQ_CACHE.clear()
         _DQ_CACHE[content] = hit
+    if isinstance(hit, _TooDeep):
+        raise _TooDeep(0, hit.depth)
     if isinstance(hit, _Outside):
         raise _Outside(0, hit.text)
     return hit
@@ -1287,6 +1387,9 @@ class Evaluation:
         self.origins: Dict[str, Tuple[Path, int]] = {}
         #: where each whitelisted element got its value: name -> index -> (file, line)
         self.element_origins: Dict[str, Dict[int, Tuple[Path, int]]] = {}
+        #: the assignments of the file being run; they count once the echo step prints the element
+        #: (an element the file assigns and then unsets keeps the earlier file's value and origin)
+        self._pending: Dict[str, Dict[int, Tuple[Path, int]]] = {}
         self._file: Optional[ParsedFile] = None
         self._where: str = "?"
 
@@ -1402,7 +1505,7 @@ class Evaluation:
                     value = self._word(scope, a.value)
                     arr = self._own(scope, owned, a.name)
                     arr[a.idx] = (arr.get(a.idx, "") + value) if a.append else value
-                    self.element_origins.setdefault(a.name, {})[a.idx] = where
+                    self._pending.setdefault(a.name, {})[a.idx] = where
                 else:
                     values = [(idx, self._word(scope, w)) for idx, w in a.elems]
                     if a.append:
@@ -1415,7 +1518,7 @@ class Evaluation:
                     for idx, v in values:
                         i = nxt if idx is None else idx
                         arr[i] = v
-                        self.element_origins.setdefault(a.name, {})[i] = where
+                        self._pending.setdefault(a.name, {})[i] = where
                         nxt = i + 1
                 self.origins[a.name] = where
         elif isinstance(st, Export):
@@ -1423,7 +1526,7 @@ class Evaluation:
             for a, v in zip(st.assigns, exported):
                 self._own(scope, owned, a.name)[0] = v
                 self.origins[a.name] = (pf.path, line)
-                self.element_origins.setdefault(a.name, {})[0] = (pf.path, line)
+                self._pending.setdefault(a.name, {})[0] = (pf.path, line)
         else:
             for t in st.targets:
                 if t.name in self.ctx_objs:
@@ -1549,6 +1652,9 @@ class Evaluation:
         self._where = f"{where[0]}:{where[1]}"
         try:
             return self._word(self.parent, _parse_dq_cached(content))
+        except _TooDeep as exc:
+            text = f"{what} on re-reading: {exc.text}"
+            raise _RuntimeOutside(Construct(where[0], where[1], text, too_deep=True)) from None
         except _Outside as exc:
             raise outside(f"on re-reading: {exc.text}") from None
         finally:
@@ -1573,9 +1679,11 @@ class Evaluation:
         touched = _targets(st)
         saved = {n: (scope.get(n), n in owned) for n in touched}
         saved = {n: (dict(v) if (v is not None and o) else v, o) for n, (v, o) in saved.items()}
+        saved_origins = {n: dict(self._pending.get(n, {})) for n in touched}
         try:
             self._exec(scope, owned, st, pf)
         except _Outside as exc:
+            self._pending.update(saved_origins)
             for n, (v, was_owned) in saved.items():
                 if v is None:
                     scope.pop(n, None)
@@ -1589,12 +1697,13 @@ class Evaluation:
 
     def run_file(self, pf: ParsedFile) -> None:
         self._file = pf
+        self._pending = {}
         scope: Dict[str, Arr] = dict(self.parent)
         owned: Set[str] = set()
         for item in pf.items:
             if isinstance(item, Skipped):
-                c = Construct(pf.path, pf.line_of(item.pos), item.text)
-                if not self.lenient:
+                c = pf.construct(item)
+                if not self.lenient or c.too_deep:
                     raise _RuntimeOutside(c)
                 self._skip(c, "statement")
             elif self.lenient:
@@ -1614,8 +1723,11 @@ class Evaluation:
                 continue
             if self.ctx_objs.get(name) is arr:
                 self.deps.add(name)
-            where = self.origins.get(name, (pf.path, 0))
+            pending = self._pending.get(name, {})
+            known = self.element_origins.get(name, {})
+            fallback = self.origins.get(name, (pf.path, 0))
             for index in sorted(arr):
+                where = pending.get(index) or known.get(index) or fallback
                 try:
                     line, names = self._echo_line(name, index, arr[index])
                 except _glob.Unsupported as exc:
@@ -1639,17 +1751,20 @@ class Evaluation:
                     continue
                 value = self._second_pass(line[len(f'{name}[{index}]="') : -1], where, what)
             except _RuntimeOutside as exc:
-                if not self.lenient:
+                if not self.lenient or exc.construct.too_deep:
                     raise
                 self._skip(exc.construct, what)
                 continue
             self._parent_set(parent_owned, name, index, value)
+            origin = self._pending.get(name, {}).get(index)
+            if origin is not None:
+                self.element_origins.setdefault(name, {})[index] = origin
         for name, raw in self.injections:
             where = (pf.path, 0)
             try:
                 value = self._second_pass(raw, where, f"DKMS_DIRECTIVE {name}")
             except _RuntimeOutside as exc:
-                if not self.lenient:
+                if not self.lenient or exc.construct.too_deep:
                     raise
                 self._skip(exc.construct, f"DKMS_DIRECTIVE {name}")
                 continue
@@ -1714,10 +1829,13 @@ def evaluate_parsed(
     return ev.result()
 
 
-def first_outside(files: Sequence[ParsedFile]) -> Optional[Construct]:
-    """The first statement outside the subset in the chain (parse level only)."""
+def first_outside(files: Sequence[ParsedFile], too_deep: bool = False) -> Optional[Construct]:
+    """The first statement outside the subset in the chain (parse level only).
+
+    With ``too_deep``, the first one nested beyond :data:`MAX_NESTING`.
+    """
     for pf in files:
-        c = pf.first_outside()
+        c = pf.first_outside(too_deep)
         if c is not None:
             return c
     return None

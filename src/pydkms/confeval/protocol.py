@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Dict, List, Optional, Tuple
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
-from . import Construct, EvalMode, EvalRequest, EvalResult, OutsideSubsetError, RefusedConfError
+from ..errors import ConfError
+from . import (
+    Construct,
+    EvalMode,
+    EvalRequest,
+    EvalResult,
+    OutsideSubsetError,
+    RefusedConfError,
+    TooDeepError,
+)
 from . import data as _data
 from . import glob as _glob
 
@@ -105,7 +117,11 @@ def evaluate_many(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -
     if request.mode is EvalMode.BASH:
         return _bash(request, merged, None)
 
-    parsed = [_data.parse_file(f) for f in request.files]
+    parsed = [_guarded(partial(_data.parse_file, f), f) for f in request.files]
+    # Nesting beyond the limit is no real-world file: it is refused, also where bash would read it.
+    deep = _data.first_outside(parsed, too_deep=True)
+    if deep is not None:
+        raise TooDeepError(deep)
     lenient = request.mode is EvalMode.DATA and not request.strict
     first = None if lenient else _data.first_outside(parsed)
     if first is not None:
@@ -120,18 +136,24 @@ def evaluate_many(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -
     for k, ctx in enumerate(merged):
         try:
             results.append(
-                _data.evaluate_parsed(
-                    parsed,
-                    request.whitelist,
-                    ctx,
-                    request.environ,
-                    request.injections,
-                    lenient,
-                    dircache,
-                    request.initial,
+                _guarded(
+                    partial(
+                        _data.evaluate_parsed,
+                        parsed,
+                        request.whitelist,
+                        ctx,
+                        request.environ,
+                        request.injections,
+                        lenient,
+                        dircache,
+                        request.initial,
+                    ),
+                    *request.files,
                 )
             )
         except _data.OutsideAt as exc:
+            if exc.construct.too_deep:
+                raise TooDeepError(exc.construct) from None
             if exc.refused:
                 raise RefusedConfError(exc.construct) from None
             if request.mode is EvalMode.DATA:
@@ -150,8 +172,28 @@ def evaluate_many(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -
     return out
 
 
+_T = TypeVar("_T")
+
+
+def _guarded(step: Callable[[], _T], *files: Path) -> _T:
+    """Run one step of the data reader; a failure nobody foresaw becomes a ConfError naming the files.
+
+    Whatever a file holds, reading it must end in a value, "outside the subset" or a clean
+    error: never in a Python exception (such as RecursionError) that aborts the whole command.
+    """
+    try:
+        return step()
+    except (_data.OutsideAt, OutsideSubsetError, OSError):
+        raise
+    except Exception as exc:
+        names = ", ".join(str(f) for f in files)
+        raise ConfError(
+            f"{names}: cannot be read: internal error of the data reader ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
 def _with_outside(res: EvalResult, construct: Optional[Construct]) -> EvalResult:
-    return EvalResult(values=res.values, evaluator=res.evaluator, outside=construct, stderr=res.stderr)
+    return replace(res, outside=construct)
 
 
 def _bash_raw(request: EvalRequest, contexts: Sequence[Mapping[str, str]]) -> List[EvalResult]:
