@@ -416,7 +416,11 @@ def run_isolated(
         ]
         # Output goes to files, not pipes: upstream's progress-dot loop leaves an orphaned
         # `sleep 3` holding its stdout, and a pipe would make us wait for it.
-        with tempfile.TemporaryFile(mode="w+") as out_f, tempfile.TemporaryFile(mode="w+") as err_f:
+        # (a name that is not UTF-8 reaches the output as its bytes: read them back as they are)
+        with (
+            tempfile.TemporaryFile(mode="w+", errors="surrogateescape") as out_f,
+            tempfile.TemporaryFile(mode="w+", errors="surrogateescape") as err_f,
+        ):
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
