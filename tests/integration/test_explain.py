@@ -12,6 +12,7 @@ import re
 import resource
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -364,6 +365,17 @@ def _memory_cgroup(tmp_name: str, limit: int) -> Path:
     return group
 
 
+def _cgroup_drained(group: Path, within: float = 10.0) -> List[str]:
+    """The processes still in ``group`` once it had ``within`` seconds to empty: dkms' watchdog
+    outlives dkms by the moment it takes to see that dkms and its children are gone."""
+    deadline = time.monotonic() + within
+    while True:
+        procs = (group / "cgroup.procs").read_text().split() if group.exists() else []
+        if not procs or time.monotonic() > deadline:
+            return procs
+        time.sleep(0.05)
+
+
 def test_out_of_memory_killed(scratch: Scratch, kernel: str) -> None:
     """The OOM killer ends cc1 in a 120 MB memory cgroup: 'Killed signal terminated program cc1'."""
     scratch.add_source("explain_hungry")
@@ -379,7 +391,7 @@ def test_out_of_memory_killed(scratch: Scratch, kernel: str) -> None:
             text=True,
         )
     finally:
-        procs = (group / "cgroup.procs").read_text().split() if group.exists() else []
+        procs = _cgroup_drained(group)
         assert not procs, procs
         group.rmdir()
     result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
